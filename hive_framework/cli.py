@@ -1,0 +1,352 @@
+"""The ``hive`` command line. A user mistake prints one clear line and exits non-zero, never a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__, wire
+from .config import HiveConfig
+from .errors import ConfigError, HiveError
+from .kernel import Kernel
+
+T = TypeVar("T")
+
+
+class HiveGroup(click.Group):
+    """Turns every :class:`HiveError` into one line on stderr and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HiveError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+
+
+class State:
+    """What the root options set; the kernel is built on first use."""
+
+    def __init__(self, overrides: dict[str, Any]) -> None:
+        self.overrides = overrides
+        self._kernel: Kernel | None = None
+
+    def config(self, **more: Any) -> HiveConfig:
+        return HiveConfig.load(**{**self.overrides, **more})
+
+    def kernel(self, **more: Any) -> Kernel:
+        if self._kernel is None or more:
+            self._kernel = Kernel(self.config(**more))
+        return self._kernel
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _json_arg(text: str | None, what: str) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint=what) from None
+    if not isinstance(value, dict):
+        raise click.BadParameter("must be a JSON object, like '{\"url\": \"https://...\"}'", param_hint=what)
+    return value
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("arq").setLevel(logging.WARNING)
+
+
+@click.group(cls=HiveGroup)
+@click.version_option(__version__, prog_name="hive")
+@click.option("--redis-url", envvar=None, help="Redis URL (overrides REDIS_URL and REDIS_HOST/PORT).")
+@click.option("--app", "apps", multiple=True, help="Module with task types to load (repeatable).")
+@click.option("--config", "toml_file", type=click.Path(dir_okay=False), help="TOML settings file.")
+@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
+@click.pass_context
+def cli(ctx: click.Context, redis_url: str | None, apps: tuple[str, ...], toml_file: str | None, log_level: str) -> None:
+    """hive-framework: run spores, submit tasks and watch the cluster."""
+    overrides: dict[str, Any] = {}
+    if redis_url:
+        overrides["redis_url"] = redis_url
+    if toml_file:
+        overrides["toml_file"] = toml_file
+    if apps:
+        overrides["apps"] = apps
+    _setup_logging(log_level)
+    state = State(overrides)
+    try:
+        config = state.config()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not config.enable_hive and ctx.invoked_subcommand not in (None, "plugins"):
+        raise click.ClickException("the hive is disabled (ENABLE_HIVE=false)")
+    ctx.obj = state
+
+
+@cli.command()
+@click.option("--name", help="Node name (also its id); default: host name and pid.")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), help="Tasks run at once (HIVE_CONCURRENCY).")
+@click.option("--app", "apps", multiple=True, help="Module with task types to load (repeatable).")
+@click.option("--tag", "tags", multiple=True, help="Capability tag this node offers (repeatable).")
+@pass_state
+def spore(state: State, name: str | None, concurrency: int | None, apps: tuple[str, ...], tags: tuple[str, ...]) -> None:
+    """Run a worker node until SIGTERM, Ctrl-C or a SHUTDOWN broadcast."""
+    from .spore import Spore
+
+    extra = {"apps": (*state.config().apps, *apps)} if apps else {}
+    kernel = state.kernel(**extra)
+    node = Spore(kernel, name=name, concurrency=concurrency, capabilities={"tags": list(tags)} if tags else None)
+    _run(node.run())
+
+
+@cli.command()
+@click.argument("task_type")
+@click.option("--payload", "-p", help="JSON object passed to the task.")
+@click.option("--priority", help="high_priority, background or 0-10.")
+@click.option("--task-id", help="Use this id (must be new).")
+@click.option("--timeout", type=float, help="Task timeout in seconds.")
+@click.option("--max-retries", type=click.IntRange(min=0), help="Retries after a failed attempt.")
+@click.option("--wait", is_flag=True, help="Wait for the task and print it.")
+@click.option("--wait-timeout", type=float, default=None, help="Give up waiting after this many seconds.")
+@pass_state
+def submit(
+    state: State,
+    task_type: str,
+    payload: str | None,
+    priority: str | None,
+    task_id: str | None,
+    timeout: float | None,
+    max_retries: int | None,
+    wait: bool,
+    wait_timeout: float | None,
+) -> None:
+    """Enqueue a task of TASK_TYPE and print its id (or, with --wait, the finished task)."""
+    data = _json_arg(payload, "--payload")
+
+    async def go() -> None:
+        async with state.kernel().create_broker() as broker:
+            new_id = await broker.enqueue_task(
+                task_type, data, priority, task_id, timeout=timeout, max_retries=max_retries
+            )
+            if not wait:
+                click.echo(new_id)
+                return
+            message = await broker.wait_for_task(new_id, wait_timeout)
+            _echo_json(wire.to_plain(message))
+            if message.status.value != "completed":
+                sys.exit(1)
+
+    _run(go())
+
+
+@cli.command("task")
+@click.argument("task_id")
+@pass_state
+def task_cmd(state: State, task_id: str) -> None:
+    """Print one task's status, result and error as JSON."""
+
+    async def go() -> None:
+        async with state.kernel().create_broker() as broker:
+            message = await broker.get_task_status(task_id)
+        if message is None:
+            raise click.ClickException(f"no task with id {task_id!r} (unknown, or expired after HIVE_RESULT_TTL)")
+        _echo_json(wire.to_plain(message))
+
+    _run(go())
+
+
+@cli.command()
+@pass_state
+def queues(state: State) -> None:
+    """Print queue lengths and task counts for the whole cluster as JSON."""
+
+    async def go() -> None:
+        async with state.kernel().create_broker() as broker:
+            stats: dict[str, Any] = dict(await broker.get_queue_stats())
+            stats["nodes_online"] = len(await broker.get_nodes())
+        _echo_json(stats)
+
+    _run(go())
+
+
+@cli.command()
+@pass_state
+def nodes(state: State) -> None:
+    """Print the online spores and their last heartbeat as JSON."""
+
+    async def go() -> None:
+        async with state.kernel().create_broker() as broker:
+            _echo_json([wire.to_plain(n) for n in await broker.get_nodes()])
+
+    _run(go())
+
+
+@cli.command()
+@click.argument("command")
+@click.option("--data", help="JSON object sent with the command.")
+@click.option("--node", "targets", multiple=True, help="Only this node (repeatable); default: all.")
+@click.option("--wait-replies", type=float, default=2.0, show_default=True, help="Seconds to collect replies.")
+@pass_state
+def broadcast(state: State, command: str, data: str | None, targets: tuple[str, ...], wait_replies: float) -> None:
+    """Send COMMAND (PING, PAUSE, RESUME, SHUTDOWN or a plugin's) to the spores and print their replies."""
+    payload = _json_arg(data, "--data")
+
+    async def go() -> None:
+        async with state.kernel().create_broker() as broker:
+            online = await broker.get_nodes()
+            expected = len([n for n in online if not targets or {n.node_id, n.node_name} & set(targets)])
+            message_id = await broker.broadcast_control(command, payload, list(targets))
+            replies = await broker.collect_replies(message_id, expected=expected, timeout=wait_replies)
+        _echo_json({"message_id": message_id, "expected": expected, "replies": [wire.to_plain(r) for r in replies]})
+
+    _run(go())
+
+
+@cli.command()
+@click.option("--all", "show_all", is_flag=True, help="Include the built-in default plugins.")
+@click.option("--hook", help="Only plugins implementing this hook.")
+@pass_state
+def plugins(state: State, show_all: bool, hook: str | None) -> None:
+    """List installed plugins as JSON: name, version, hooks and task types."""
+    _echo_json(state.kernel().describe_plugins(include_defaults=show_all, hook=hook))
+
+
+@cli.command()
+@click.option("--spores", "-n", default=2, show_default=True, type=click.IntRange(min=0), help="Local spores to start.")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), help="Slots per spore.")
+@click.option("--app", "apps", multiple=True, help="Module with task types for the spores (repeatable).")
+@click.option("--embedded", type=click.Choice(["auto", "always", "redis-server", "fakeredis"]), default="auto",
+              show_default=True, help="auto: use a configured or default Redis if one answers, else start one.")
+@pass_state
+def up(state: State, spores: int, concurrency: int | None, apps: tuple[str, ...], embedded: str) -> None:
+    """Start Redis (if needed) and N local spores; Ctrl-C stops them all cleanly."""
+    with LocalCluster(state.config(), spores=spores, concurrency=concurrency, apps=apps, embedded=embedded) as local:
+        click.echo(f"hive up: Redis is {local.redis_description}")
+        click.echo(f"hive up: {spores} spore(s) running; REDIS_URL={local.safe_url}  (Ctrl-C to stop)")
+        try:
+            local.wait()
+        except KeyboardInterrupt:
+            click.echo("hive up: stopping spores...")
+
+
+class LocalCluster:
+    """Redis (configured or embedded) plus spore subprocesses, for ``hive up`` and the demo."""
+
+    def __init__(
+        self,
+        config: HiveConfig,
+        *,
+        spores: int,
+        concurrency: int | None = None,
+        apps: tuple[str, ...] = (),
+        embedded: str = "auto",
+        extra_env: dict[str, str] | None = None,
+        quiet: bool = False,
+    ) -> None:
+        self.config = config
+        self.spores = spores
+        self.concurrency = concurrency
+        self.apps = apps
+        self.embedded = embedded
+        self.extra_env = extra_env or {}
+        self.quiet = quiet
+        self.url = ""
+        self.server: Any = None
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def redis_description(self) -> str:
+        if self.server is not None:
+            return str(self.server.description)
+        return f"the configured Redis at {self.safe_url}"
+
+    @property
+    def safe_url(self) -> str:
+        from .config import mask_url
+
+        return mask_url(self.url)
+
+    def __enter__(self) -> LocalCluster:
+        from .embedded import resolve_redis
+
+        self.url, self.server = resolve_redis(self.config, embedded=self.embedded)
+        env = {**os.environ, **self.extra_env, "REDIS_URL": self.url}
+        for index in range(self.spores):
+            argv = [sys.executable, "-m", "hive_framework", "--log-level", "warning" if self.quiet else "info",
+                    "spore", "--name", f"local-{index + 1}-{os.getpid()}"]
+            if self.concurrency:
+                argv += ["--concurrency", str(self.concurrency)]
+            for app in self.apps:
+                argv += ["--app", app]
+            self.procs.append(subprocess.Popen(argv, env=env))
+        return self
+
+    def wait(self) -> None:
+        while any(p.poll() is None for p in self.procs) or not self.procs:
+            time.sleep(0.5)
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.config.shutdown_grace + 15
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self.server is not None:
+            self.server.stop()
+
+
+def _register_plugin_commands() -> None:
+    """Let plugins add subcommands (``register_commands``) without failing the CLI if config is broken."""
+    try:
+        kernel = Kernel(HiveConfig.load())
+    except HiveError:
+        return
+    kernel.pm.hook.register_commands(cli=cli)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    _register_plugin_commands()
+    from .demo import demo
+
+    cli.add_command(demo)
+    cli.main(args=argv, prog_name="hive")
+
+
+def run_coro(func: Callable[..., Awaitable[T]]) -> Callable[..., T]:
+    """Decorator for plugin commands: run an async click callback with ``asyncio.run``."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        return asyncio.run(func(*args, **kwargs))  # type: ignore[arg-type]
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper

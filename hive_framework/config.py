@@ -1,0 +1,260 @@
+"""HiveConfig: every setting, read from defaults < TOML file < ``.env`` < environment < keyword overrides.
+
+The environment names are the seed's (``REDIS_HOST``, ``HIVE_TASK_TIMEOUT``...). An unknown ``HIVE_*`` name, an
+unknown TOML key or a value that does not parse is a :class:`ConfigError` naming the key, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import attrs
+from dotenv import dotenv_values
+
+from .errors import ConfigError
+
+# Environment names that belong to hive but are not settings.
+NON_SETTING_ENV = frozenset({"HIVE_CONFIG", "HIVE_ENV_FILE", "HIVE_REQUIRE_REDIS", "HIVE_TEST_REDIS_URL"})
+
+
+def _label(attribute: attrs.Attribute[Any]) -> str:
+    return f"{attribute.metadata['env']} ({attribute.name})"
+
+
+def _positive(inst: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{_label(attribute)} must be > 0, got {value!r}")
+
+
+def _non_negative(inst: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{_label(attribute)} must be >= 0, got {value!r}")
+
+
+def _port(inst: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    if not 0 < value < 65536:
+        raise ValueError(f"{_label(attribute)} must be a TCP port 1-65535, got {value!r}")
+
+
+def _setting(default: Any, env: str, doc: str, validator: Any = None) -> Any:
+    return attrs.field(default=default, validator=validator, metadata={"env": env, "doc": doc})
+
+
+@attrs.frozen(kw_only=True)
+class HiveConfig:
+    """All settings of one hive (nexus, spore or client). Field names are the TOML keys."""
+
+    enable_hive: bool = _setting(True, "ENABLE_HIVE", "Master switch; when false the CLI refuses to start.")
+    redis_host: str = _setting("localhost", "REDIS_HOST", "Redis host.")
+    redis_port: int = _setting(6379, "REDIS_PORT", "Redis port.", _port)
+    redis_db: int = _setting(0, "REDIS_DB", "Redis database number.", _non_negative)
+    redis_password: str = _setting("", "REDIS_PASSWORD", "Redis password (never logged).")
+    redis_url: str = _setting(
+        "", "REDIS_URL", "redis:// or rediss:// URL; overrides host, port, db and password."
+    )
+    high_priority_queue: str = _setting("venom:tasks:high", "HIVE_HIGH_PRIORITY_QUEUE", "High-priority queue.")
+    background_queue: str = _setting("venom:tasks:background", "HIVE_BACKGROUND_QUEUE", "Background queue.")
+    broadcast_channel: str = _setting("venom:broadcast", "HIVE_BROADCAST_CHANNEL", "Pub/sub control channel.")
+    task_timeout: float = _setting(300.0, "HIVE_TASK_TIMEOUT", "Default task timeout, seconds.", _positive)
+    max_retries: int = _setting(3, "HIVE_MAX_RETRIES", "Default retries after a failed attempt.", _non_negative)
+    zombie_task_timeout: float = _setting(
+        600.0, "HIVE_ZOMBIE_TASK_TIMEOUT", "A task running longer than this is a zombie, seconds.", _positive
+    )
+    key_prefix: str = _setting("venom", "HIVE_KEY_PREFIX", "Prefix of every Redis key hive writes.")
+    max_payload_bytes: int = _setting(
+        1024 * 1024, "HIVE_MAX_PAYLOAD_BYTES", "Largest accepted payload (JSON bytes).", _positive
+    )
+    retry_backoff: float = _setting(
+        1.0, "HIVE_RETRY_BACKOFF", "First retry delay; doubles each attempt, seconds.", _non_negative
+    )
+    retry_backoff_max: float = _setting(60.0, "HIVE_RETRY_BACKOFF_MAX", "Cap on the retry delay.", _non_negative)
+    concurrency: int = _setting(10, "HIVE_CONCURRENCY", "Tasks one spore runs at once.", _positive)
+    poll_interval: float = _setting(0.05, "HIVE_POLL_INTERVAL", "Spore queue poll interval, seconds.", _positive)
+    lease_seconds: float = _setting(
+        30.0, "HIVE_LEASE_SECONDS", "A dead spore's task is re-run after this, seconds.", _positive
+    )
+    heartbeat_interval: float = _setting(
+        5.0, "HIVE_HEARTBEAT_INTERVAL", "Spore heartbeat interval, seconds.", _positive
+    )
+    shutdown_grace: float = _setting(
+        10.0, "HIVE_SHUTDOWN_GRACE", "On SIGTERM, wait this long for running tasks, then requeue.", _non_negative
+    )
+    result_ttl: float = _setting(86400.0, "HIVE_RESULT_TTL", "How long finished tasks are kept.", _positive)
+    node_name: str = _setting("", "HIVE_NODE_NAME", "Spore name (default: host name and pid).")
+    apps: tuple[str, ...] = _setting((), "HIVE_APP", "Modules with task types to load (comma separated).")
+    disable_plugins: tuple[str, ...] = _setting((), "HIVE_DISABLE_PLUGINS", "Plugin names to block.")
+    load_plugins: tuple[str, ...] | None = _setting(
+        None, "HIVE_LOAD_PLUGINS", "Only these entry-point plugins are loaded (empty: none)."
+    )
+    trace_plugins: bool = _setting(False, "HIVE_TRACE_PLUGINS", "Log every hook call.")
+    plugins: dict[str, dict[str, Any]] = attrs.field(
+        factory=dict, metadata={"env": "", "doc": "Per-plugin sections ([plugins.NAME] in TOML)."}
+    )
+
+    # --- derived -----------------------------------------------------------------------------------------
+
+    def effective_redis_url(self) -> str:
+        """The URL to connect to: ``redis_url`` when set, else one built from host, port, db and password."""
+        if self.redis_url:
+            return self.redis_url
+        auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
+        return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+    def redis_is_configured(self) -> bool:
+        """True when the user named a Redis (URL or host/port) rather than relying on defaults."""
+        return bool(self.redis_url) or (self.redis_host, self.redis_port) != ("localhost", 6379)
+
+    def safe_redis_url(self) -> str:
+        """The Redis URL with any password masked, for logs and messages."""
+        return mask_url(self.effective_redis_url())
+
+    def plugin_config(self, name: str) -> dict[str, Any]:
+        """The ``[plugins.NAME]`` section (empty when absent)."""
+        return dict(self.plugins.get(name, {}))
+
+    def evolve(self, **changes: Any) -> HiveConfig:
+        """A copy with some settings changed (validated like any other source)."""
+        return _build({**attrs.asdict(self, recurse=False), **changes}, source="override")
+
+    # --- loading -----------------------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        environ: Mapping[str, str] | None = None,
+        env_file: str | Path | None = None,
+        toml_file: str | Path | None = None,
+        **overrides: Any,
+    ) -> HiveConfig:
+        """Read every source in order; ``environ`` defaults to ``os.environ``.
+
+        ``env_file`` defaults to ``$HIVE_ENV_FILE`` or ``./.env`` when it exists; ``toml_file`` to
+        ``$HIVE_CONFIG`` or ``./hive.toml`` when it exists.
+        """
+        env = dict(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        toml_path = toml_file or env.get("HIVE_CONFIG") or ("hive.toml" if Path("hive.toml").is_file() else None)
+        if toml_path:
+            values.update(_read_toml(Path(toml_path)))
+        env_path = env_file or env.get("HIVE_ENV_FILE") or (".env" if Path(".env").is_file() else None)
+        if env_path:
+            file_env = {k: v for k, v in dotenv_values(env_path).items() if v is not None}
+            values.update(_from_env(file_env, source=str(env_path)))
+        values.update(_from_env(env, source="environment"))
+        values.update(overrides)
+        return _build(values, source="settings")
+
+
+ENV_NAMES: dict[str, str] = {
+    f.metadata["env"]: f.name for f in attrs.fields(HiveConfig) if f.metadata.get("env")
+}
+
+
+def mask_url(url: str) -> str:
+    """Replace the password in a URL with ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _to_bool(value: Any, _: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected true/false, got {value!r}")
+
+
+def _to_names(value: Any, _: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(str(i).strip() for i in items if str(i).strip())
+
+
+def _to_int(value: Any, _: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"expected a whole number, got {value!r}")
+    return int(value)
+
+
+def _to_float(value: Any, _: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _to_str(value: Any, _: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+_PARSERS: dict[str, Any] = {
+    "bool": _to_bool,
+    "int": _to_int,
+    "float": _to_float,
+    "str": _to_str,
+    "tuple[str, ...]": _to_names,
+    "tuple[str, ...] | None": lambda v, _: None if v is None else _to_names(v, None),
+}
+
+
+def _from_env(env: Mapping[str, str], *, source: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in env.items():
+        field = ENV_NAMES.get(name)
+        if field is not None:
+            out[field] = value
+        elif name.startswith("HIVE_") and name not in NON_SETTING_ENV:
+            known = ", ".join(sorted(n for n in ENV_NAMES if n.startswith("HIVE_")))
+            raise ConfigError(f"unknown setting {name} in {source}; known HIVE_* settings: {known}")
+    return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    section = data.get("hive", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {path}: [hive] must be a table")
+    return dict(section)
+
+
+def _build(values: dict[str, Any], *, source: str) -> HiveConfig:
+    fields = {f.name: f for f in attrs.fields(HiveConfig)}
+    kwargs: dict[str, Any] = {}
+    for key, raw in values.items():
+        field = fields.get(key)
+        if field is None:
+            raise ConfigError(f"unknown setting {key!r} in {source}; known settings: {', '.join(sorted(fields))}")
+        label = field.metadata.get("env") or key
+        if key == "plugins":
+            if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+                raise ConfigError("setting 'plugins' must map plugin names to tables")
+            kwargs[key] = raw
+            continue
+        try:
+            kwargs[key] = _PARSERS[str(field.type)](raw, None)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"bad value for {label} ({key}): {exc}") from None
+    try:
+        return HiveConfig(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"bad setting: {exc}") from None

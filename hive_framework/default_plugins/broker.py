@@ -1,0 +1,542 @@
+"""Default broker (Redis + ARQ): the seed's ``MessageBroker``.
+
+Task state lives in Redis as JSON (``{prefix}:task:{id}``) so every process sees the same truth; the
+job that carries a task travels through ARQ's sorted-set queues named by config. Priorities are kept two
+ways: ``high_priority``-class tasks go to the high queue, which spores drain first, and within a queue a
+higher level gets a lower ARQ score, so it is read first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.jobs import serialize_job
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .. import wire
+from ..errors import BrokerNotConnected, InvalidTask, RedisUnavailable, WaitTimeout, WireError
+from ..hookspecs import hookimpl
+from ..models import (
+    HIGH_PRIORITY_LEVEL,
+    PRIORITY_NAMES,
+    BroadcastMessage,
+    BroadcastReply,
+    NodeInfo,
+    TaskMessage,
+    TaskStatus,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from ..kernel import Kernel
+    from ..spore import Spore
+
+logger = logging.getLogger(__name__)
+
+#: The one ARQ function every hive job calls; its only argument is the task id.
+RUN_FUNCTION = "hive.run"
+#: Score distance between two adjacent priority levels inside one queue (about 31 years in ms).
+PRIORITY_STEP_MS = 10**12
+#: How long a broadcast's replies are kept.
+REPLY_TTL_S = 60
+
+
+def parse_priority(priority: int | str) -> int:
+    """A priority name (``high_priority``, ``background``...) or a level 0-10 as an int; else InvalidTask."""
+    if isinstance(priority, bool):
+        raise InvalidTask(f"bad priority {priority!r}: use one of {sorted(PRIORITY_NAMES)} or 0-10")
+    if isinstance(priority, int):
+        level = priority
+    elif isinstance(priority, str) and priority.strip().lower() in PRIORITY_NAMES:
+        return PRIORITY_NAMES[priority.strip().lower()]
+    elif isinstance(priority, str) and priority.strip().lstrip("-").isdigit():
+        level = int(priority)
+    else:
+        raise InvalidTask(f"bad priority {priority!r}: use one of {sorted(PRIORITY_NAMES)} or 0-10")
+    if not 0 <= level <= 10:
+        raise InvalidTask(f"bad priority {priority!r}: levels run from 0 (lowest) to 10 (highest)")
+    return level
+
+
+def job_serializer(data: dict[str, Any]) -> bytes:
+    """ARQ job/result serializer: JSON, with exceptions turned into data (never pickle)."""
+    return json.dumps(data, default=_encode_extra, separators=(",", ":")).encode()
+
+
+def job_deserializer(data: bytes) -> dict[str, Any]:
+    value = json.loads(data)
+    if not isinstance(value, dict):
+        raise ValueError("an ARQ job must be a JSON object")
+    return value
+
+
+def _encode_extra(value: Any) -> Any:
+    if isinstance(value, BaseException):
+        return {"error_type": type(value).__name__, "message": str(value)}
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON data")
+
+
+@attrs.frozen(kw_only=True)
+class TaskSpec:
+    """One task to enqueue in a batch (:meth:`MessageBroker.enqueue_many`)."""
+
+    task_type: str
+    payload: dict[str, Any] | None = None
+    priority: int | str | None = None
+    task_id: str | None = None
+    timeout: float | None = None
+    max_retries: int | None = None
+    requirements: dict[str, Any] | None = None
+    node: str | None = None
+    job_id: str | None = None
+
+
+class MessageBroker:
+    """Redis + ARQ broker with the seed's API. ``MessageBroker()`` reads settings from the environment."""
+
+    def __init__(self, kernel: Kernel | None = None, *, redis: Redis | None = None) -> None:
+        if kernel is None:
+            from ..kernel import Kernel
+
+            kernel = Kernel()
+        self.kernel = kernel
+        self.config = kernel.config
+        self.keys = kernel.keys
+        self._redis = redis
+        self._owns_redis = redis is None
+
+    # --- connection ------------------------------------------------------------------------------------
+
+    @property
+    def redis(self) -> Redis:
+        if self._redis is None:
+            raise BrokerNotConnected("the broker is not connected: call 'await broker.connect()' first")
+        return self._redis
+
+    @property
+    def is_connected(self) -> bool:
+        return self._redis is not None
+
+    async def connect(self) -> None:
+        """Open the Redis connection and check that it answers."""
+        if self._redis is None:
+            self._redis = Redis.from_url(self.config.effective_redis_url(), socket_connect_timeout=5)
+            self._owns_redis = True
+        try:
+            await self._redis.ping()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            await self.disconnect()
+            raise RedisUnavailable(
+                f"no Redis answers at {self.config.safe_redis_url()} ({exc}); start one, set REDIS_URL, "
+                "or run 'hive up' for an embedded one"
+            ) from exc
+
+    async def disconnect(self) -> None:
+        if self._redis is not None and self._owns_redis:
+            await self._redis.aclose()
+        self._redis = None
+
+    async def __aenter__(self) -> MessageBroker:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.disconnect()
+
+    # --- enqueueing ------------------------------------------------------------------------------------
+
+    async def enqueue_task(
+        self,
+        task_type: str,
+        payload: dict[str, Any] | None = None,
+        priority: int | str | None = None,
+        task_id: str | None = None,
+        *,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        requirements: dict[str, Any] | None = None,
+        node: str | None = None,
+        job_id: str | None = None,
+    ) -> str:
+        """Validate and enqueue one task; returns its id. Nothing is stored when validation fails.
+
+        ``priority`` is ``"high_priority"``, ``"background"`` (the default, unless the task type says
+        otherwise) or a level 0-10. ``node`` pins the task to one spore.
+        """
+        spec = TaskSpec(
+            task_type=task_type,
+            payload=payload,
+            priority=priority,
+            task_id=task_id,
+            timeout=timeout,
+            max_retries=max_retries,
+            requirements=requirements,
+            node=node,
+            job_id=job_id,
+        )
+        (task_id_out,) = await self.enqueue_many([spec])
+        return task_id_out
+
+    async def enqueue_many(self, specs: Sequence[TaskSpec]) -> list[str]:
+        """Validate every spec first, then enqueue them all in one pipelined transaction."""
+        remote_types = await self._remote_task_types()
+        nodes = await self.get_nodes() if any(self._needs_routing(s) for s in specs) else []
+        messages = [self._build(spec, remote_types) for spec in specs]
+        explicit = [m.task_id for m, s in zip(messages, specs, strict=True) if s.task_id]
+        if len(set(explicit)) != len(explicit):
+            raise InvalidTask("the batch names the same task_id twice")
+        if explicit:
+            exists = await self.redis.exists(*[self.keys.task(t) for t in explicit])
+            if exists:
+                raise InvalidTask(f"a task with one of the ids {explicit[:5]} already exists; ids must be new")
+        for message, spec in zip(messages, specs, strict=True):
+            target = spec.node or (self.kernel.route(message, nodes) if self._needs_routing(spec) else None)
+            message.queue = self._queue_for(message.priority, target)
+            if target:
+                message.assigned_node = target
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for message in messages:
+                self._queue_ops(pipe, message)
+            await pipe.execute()
+        return [m.task_id for m in messages]
+
+    def _needs_routing(self, spec: TaskSpec) -> bool:
+        if spec.node:
+            return False
+        known = self.kernel.task_types.get(spec.task_type)
+        return bool(spec.requirements or (known and known.requirements))
+
+    def _build(self, spec: TaskSpec, remote_types: set[str]) -> TaskMessage:
+        if not isinstance(spec.task_type, str) or not spec.task_type:
+            raise InvalidTask(f"task_type must be a non-empty string, got {spec.task_type!r}")
+        task_type = self.kernel.get_task_type(spec.task_type, extra_known=remote_types)
+        payload = {} if spec.payload is None else spec.payload
+        if isinstance(payload, str | bytes):
+            try:
+                payload = json.loads(payload)
+            except ValueError as exc:
+                raise InvalidTask(f"payload is not valid JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise InvalidTask(f"payload must be a JSON object (a dict), got {type(payload).__name__}")
+        try:
+            size = wire.json_size(payload)
+        except WireError as exc:
+            raise InvalidTask(f"payload is not JSON-serialisable: {exc}") from None
+        if size > self.config.max_payload_bytes:
+            raise InvalidTask(
+                f"payload is {size} bytes, over the limit of {self.config.max_payload_bytes} "
+                "(HIVE_MAX_PAYLOAD_BYTES); store large data elsewhere and pass a reference"
+            )
+        default_priority = task_type.priority if task_type else "background"
+        level = parse_priority(default_priority if spec.priority is None else spec.priority)
+        timeout = spec.timeout if spec.timeout is not None else (task_type and task_type.timeout)
+        timeout = float(timeout or self.config.task_timeout)
+        if not timeout > 0:
+            raise InvalidTask(f"timeout must be > 0 seconds, got {timeout!r}")
+        retries = spec.max_retries if spec.max_retries is not None else (task_type and task_type.max_retries)
+        retries = self.config.max_retries if retries is None else retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise InvalidTask(f"max_retries must be a whole number >= 0, got {retries!r}")
+        requirements = dict(task_type.requirements) if task_type else {}
+        requirements.update(spec.requirements or {})
+        if spec.task_id is not None and (not isinstance(spec.task_id, str) or not spec.task_id.strip()):
+            raise InvalidTask(f"task_id must be a non-empty string, got {spec.task_id!r}")
+        task_id = spec.task_id or uuid.uuid4().hex
+        return TaskMessage(
+            task_id=task_id,
+            task_type=spec.task_type,
+            payload=payload,
+            priority=level,
+            timeout=timeout,
+            max_retries=retries,
+            requirements=requirements,
+            job_id=spec.job_id,
+            engine_job_id=task_id,
+        )
+
+    def _queue_for(self, level: int, node: str | None) -> str:
+        if node:
+            return self.keys.node_queue(node)
+        return self.keys.high_queue if level >= HIGH_PRIORITY_LEVEL else self.keys.background_queue
+
+    def _queue_ops(self, pipe: Any, message: TaskMessage) -> None:
+        """Pipeline commands that store ``message`` as pending and put its ARQ job on its queue."""
+        now_ms = int(time.time() * 1000)
+        job = serialize_job(
+            RUN_FUNCTION, (message.task_id,), {}, None, now_ms, serializer=job_serializer
+        )
+        ttl_ms = int(max(self.config.result_ttl, 86400) * 1000)
+        self._status_ops(pipe, message)
+        pipe.psetex(job_key_prefix + message.engine_job_id, ttl_ms, job)
+        pipe.zadd(message.queue, {message.engine_job_id: now_ms - message.priority * PRIORITY_STEP_MS})
+
+    def _status_ops(self, pipe: Any, message: TaskMessage) -> None:
+        now = time.time()
+        data = wire.dumps(message)
+        if message.is_terminal:
+            ttl = int(self.config.result_ttl * 1000)
+            pipe.psetex(self.keys.task(message.task_id), ttl, data)
+            pipe.rpush(self.keys.done(message.task_id), message.status.value)
+            pipe.pexpire(self.keys.done(message.task_id), ttl)
+        else:
+            pipe.set(self.keys.task(message.task_id), data)
+        for status in TaskStatus:
+            if status != message.status:
+                pipe.zrem(self.keys.status_index(status), message.task_id)
+        pipe.zadd(self.keys.status_index(message.status), {message.task_id: now})
+
+    # --- task state ------------------------------------------------------------------------------------
+
+    async def get_task_status(self, task_id: str) -> TaskMessage | None:
+        """The task as stored in Redis (seen the same from every process), or ``None``."""
+        raw = await self.redis.get(self.keys.task(task_id))
+        return None if raw is None else wire.loads(raw, TaskMessage)
+
+    async def get_tasks(self, task_ids: Iterable[str]) -> list[TaskMessage | None]:
+        ids = list(task_ids)
+        if not ids:
+            return []
+        raws = await self.redis.mget([self.keys.task(t) for t in ids])
+        return [None if raw is None else wire.loads(raw, TaskMessage) for raw in raws]
+
+    async def save_task(self, message: TaskMessage) -> None:
+        """Store ``message`` and move it to its status index in one transaction."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            self._status_ops(pipe, message)
+            await pipe.execute()
+
+    async def update_task_status(
+        self,
+        task_id: str,
+        status: TaskStatus | str,
+        result: Any = None,
+        error: str | None = None,
+    ) -> TaskMessage | None:
+        """Set a task's status (and result or error) by hand, as the seed's spores did; ``None`` if unknown."""
+        message = await self.get_task_status(task_id)
+        if message is None:
+            return None
+        try:
+            message.status = TaskStatus(status)
+        except ValueError:
+            raise InvalidTask(f"bad status {status!r}; use one of {[s.value for s in TaskStatus]}") from None
+        if result is not None:
+            wire.json_size(result)
+            message.result = result
+        if error is not None:
+            message.error = error
+        if message.status == TaskStatus.RUNNING and message.started_at is None:
+            message.started_at = utcnow()
+        if message.is_terminal:
+            message.completed_at = utcnow()
+        await self.save_task(message)
+        return message
+
+    async def wait_for_task(self, task_id: str, timeout: float | None = None) -> TaskMessage:
+        """Block until the task is completed, failed or cancelled; no polling of the task key.
+
+        Raises :class:`WaitTimeout` when ``timeout`` seconds pass first (the task goes on).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done_key = self.keys.done(task_id)
+        while True:
+            message = await self.get_task_status(task_id)
+            if message is None:
+                raise InvalidTask(f"no task with id {task_id!r}")
+            if message.is_terminal:
+                return message
+            remaining = 5.0 if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(f"task {task_id} still {message.status.value} after {timeout}s")
+            popped = await self.redis.blpop([done_key], timeout=min(max(remaining, 0.01), 5.0))
+            if popped is not None:
+                # Put the marker back for any other waiter of the same task.
+                await self.redis.rpush(done_key, popped[1])
+
+    async def cancel_task(self, task_id: str) -> bool:
+        """Cancel a task that has not finished; a running one finishes its attempt but is not retried."""
+        message = await self.get_task_status(task_id)
+        if message is None or message.is_terminal:
+            return False
+        await self._drop_engine_job(message)
+        message.status = TaskStatus.CANCELLED
+        message.completed_at = utcnow()
+        message.error = message.error or "cancelled"
+        await self.save_task(message)
+        return True
+
+    async def retry_task(self, task_id: str) -> bool:
+        """Run a task again from scratch under a fresh engine job id (so ARQ never drops it as a duplicate)."""
+        message = await self.get_task_status(task_id)
+        if message is None or message.status == TaskStatus.COMPLETED:
+            return False
+        await self._drop_engine_job(message)
+        message.engine_job_id = f"{task_id}.r{uuid.uuid4().hex[:8]}"
+        message.status = TaskStatus.PENDING
+        message.attempt = 0
+        message.error = None
+        message.result = None
+        message.started_at = message.completed_at = None
+        message.assigned_node = None
+        message.queue = self._queue_for(message.priority, None)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.done(task_id))
+            self._queue_ops(pipe, message)
+            await pipe.execute()
+        return True
+
+    async def _drop_engine_job(self, message: TaskMessage) -> None:
+        job = message.engine_job_id
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for queue in {message.queue, *self.keys.queues} - {""}:
+                pipe.zrem(queue, job)
+            pipe.delete(job_key_prefix + job, retry_key_prefix + job, in_progress_key_prefix + job)
+            await pipe.execute()
+
+    # --- cluster view ----------------------------------------------------------------------------------
+
+    async def get_queue_stats(self) -> dict[str, int]:
+        """Counts for the whole cluster. Queue lengths include jobs a spore has started but not finished."""
+        cutoff = time.time() - self.config.result_ttl
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for status in TaskStatus:
+                if status.is_terminal:
+                    pipe.zremrangebyscore(self.keys.status_index(status), "-inf", cutoff)
+            pipe.zcard(self.keys.high_queue)
+            pipe.zcard(self.keys.background_queue)
+            for status in TaskStatus:
+                pipe.zcard(self.keys.status_index(status))
+            results = await pipe.execute()
+        counts = results[-(len(TaskStatus) + 2) :]
+        by_status = dict(zip(TaskStatus, counts[2:], strict=True))
+        return {
+            "high_priority_queue": counts[0],
+            "background_queue": counts[1],
+            "tasks_pending": by_status[TaskStatus.PENDING] + by_status[TaskStatus.RETRYING],
+            "tasks_running": by_status[TaskStatus.RUNNING],
+            "tasks_completed": by_status[TaskStatus.COMPLETED],
+            "tasks_failed": by_status[TaskStatus.FAILED],
+            "tasks_retrying": by_status[TaskStatus.RETRYING],
+            "tasks_cancelled": by_status[TaskStatus.CANCELLED],
+        }
+
+    async def get_nodes(self, *, include_offline: bool = False) -> list[NodeInfo]:
+        """Spores whose heartbeat has not expired, freshest first."""
+        node_ids = sorted(m.decode() if isinstance(m, bytes) else m for m in await self.redis.smembers(self.keys.nodes))
+        if not node_ids:
+            return []
+        raws = await self.redis.mget([self.keys.node(n) for n in node_ids])
+        nodes = []
+        for raw in raws:
+            if raw is None:
+                continue
+            try:
+                nodes.append(wire.loads(raw, NodeInfo))
+            except WireError as exc:
+                logger.warning("ignoring a malformed node heartbeat: %s", exc)
+        return sorted(nodes, key=lambda n: n.last_heartbeat, reverse=True)
+
+    async def _remote_task_types(self) -> set[str]:
+        return {t for node in await self.get_nodes() for t in node.task_types}
+
+    async def detect_zombie_tasks(self) -> list[TaskMessage]:
+        """Running tasks whose spore is gone (no heartbeat) or that ran past ``HIVE_ZOMBIE_TASK_TIMEOUT``."""
+        running = [m.decode() if isinstance(m, bytes) else m for m in
+                   await self.redis.zrange(self.keys.status_index(TaskStatus.RUNNING), 0, -1)]
+        if not running:
+            return []
+        online = {n.node_id for n in await self.get_nodes()}
+        now = utcnow()
+        zombies = []
+        for message in await self.get_tasks(running):
+            if message is None or message.status != TaskStatus.RUNNING:
+                continue
+            too_long = (
+                message.started_at is not None
+                and (now - message.started_at).total_seconds() > self.config.zombie_task_timeout
+            )
+            orphaned = message.assigned_node is not None and message.assigned_node not in online
+            if too_long or orphaned:
+                zombies.append(message)
+        return zombies
+
+    # --- broadcast -------------------------------------------------------------------------------------
+
+    async def broadcast_control(
+        self, command: str, data: dict[str, Any] | None = None, target_nodes: Sequence[str] | None = None
+    ) -> str:
+        """Publish a control command to every spore (or only ``target_nodes``); returns the message id."""
+        if not isinstance(command, str) or not command.strip():
+            raise InvalidTask(f"a broadcast command must be a non-empty string, got {command!r}")
+        message = BroadcastMessage(
+            command=command.strip(),
+            data=dict(data or {}),
+            message_id=uuid.uuid4().hex,
+            sender=f"pid:{os.getpid()}",
+            target_nodes=list(target_nodes or []),
+        )
+        await self.redis.publish(self.keys.broadcast_channel, wire.dumps(message))
+        return message.message_id
+
+    async def subscribe_broadcast(self) -> PubSub:
+        """A redis-py PubSub subscribed to the broadcast channel (``async for m in pubsub.listen()``)."""
+        pubsub = self.redis.pubsub()
+        await pubsub.subscribe(self.keys.broadcast_channel)
+        return pubsub
+
+    async def send_reply(self, reply: BroadcastReply) -> None:
+        key = self.keys.reply(reply.message_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, wire.dumps(reply))
+            pipe.expire(key, REPLY_TTL_S)
+            await pipe.execute()
+
+    async def collect_replies(self, message_id: str, *, expected: int, timeout: float) -> list[BroadcastReply]:
+        """Wait up to ``timeout`` for ``expected`` spores to answer a broadcast; returns what arrived."""
+        deadline = time.monotonic() + timeout
+        key = self.keys.reply(message_id)
+        replies: list[BroadcastReply] = []
+        while len(replies) < expected:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            popped = await self.redis.blpop([key], timeout=max(remaining, 0.01))
+            if popped is None:
+                break
+            try:
+                replies.append(wire.loads(popped[1], BroadcastReply))
+            except WireError as exc:
+                logger.warning("ignoring a malformed broadcast reply: %s", exc)
+        return replies
+
+    # --- consuming -------------------------------------------------------------------------------------
+
+    def create_worker(self, spore: Spore) -> Any:
+        """The engine that feeds ``spore``: an ARQ worker over the node's own queue, then high, then background."""
+        from ..spore import HiveWorker
+
+        return HiveWorker(
+            spore,
+            queues=[self.keys.node_queue(spore.node_id), *self.keys.queues],
+            redis=self.redis,
+        )
+
+
+@hookimpl(trylast=True)
+def create_broker(kernel: Kernel) -> MessageBroker:
+    return MessageBroker(kernel)

@@ -1,0 +1,27 @@
+"""Default ``execute``: runs task types from the kernel's registry (``@task`` and ``register_task_types``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+from ..hookspecs import hookimpl
+from ..models import TaskMessage
+from ..tasks import TaskContext, TaskType
+
+
+@hookimpl(trylast=True)
+def execute(task: TaskMessage, context: TaskContext) -> Awaitable[Any] | None:
+    task_type = context.kernel.task_types.get(task.task_type)
+    if task_type is None:
+        return None
+    return run_handler(task_type, task.payload, context)
+
+
+async def run_handler(task_type: TaskType, payload: dict[str, Any], context: TaskContext) -> Any:
+    """Call a handler: async ones directly, sync ones in a worker thread so the spore stays responsive."""
+    kwargs = {"context": context} if task_type.wants_context else {}
+    if task_type.is_async:
+        return await task_type.handler(payload, **kwargs)
+    return await asyncio.to_thread(task_type.handler, payload, **kwargs)

@@ -1,0 +1,132 @@
+"""``Hive``: the one facade for embedding — submit tasks, wait for results, look at the cluster."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Sequence
+from types import ModuleType
+from typing import Any
+
+from .config import HiveConfig
+from .default_plugins.broker import MessageBroker, TaskSpec
+from .errors import TaskFailed
+from .kernel import Kernel
+from .models import NodeInfo, TaskMessage, TaskStatus
+
+
+class Hive:
+    """A client of one hive::
+
+        async with Hive.connect("redis://localhost:6379/0", apps=["myapp.tasks"]) as hive:
+            task_id = await hive.submit("resize", {"path": "a.png"})
+            print(await hive.result(task_id, timeout=30))
+    """
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.broker: MessageBroker = kernel.create_broker()
+
+    @classmethod
+    def connect(
+        cls,
+        url: str | None = None,
+        *,
+        apps: Iterable[str | ModuleType] = (),
+        plugins: Iterable[Any] = (),
+        config: HiveConfig | None = None,
+        **settings: Any,
+    ) -> Hive:
+        """Build a client; use it as ``async with`` (or call :meth:`open`). ``settings`` override config keys."""
+        base = config if config is not None else HiveConfig.load()
+        if url is not None:
+            settings["redis_url"] = url
+        if settings:
+            base = base.evolve(**settings)
+        return cls(Kernel(base, apps=apps, plugins=plugins))
+
+    async def open(self) -> Hive:
+        await self.broker.connect()
+        return self
+
+    async def close(self) -> None:
+        await self.broker.disconnect()
+
+    async def __aenter__(self) -> Hive:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def config(self) -> HiveConfig:
+        return self.kernel.config
+
+    # --- tasks -------------------------------------------------------------------------------------
+
+    async def submit(self, task_type: str, payload: dict[str, Any] | None = None, **options: Any) -> str:
+        """Enqueue one task; ``options`` are those of :meth:`MessageBroker.enqueue_task`."""
+        return await self.broker.enqueue_task(task_type, payload, **options)
+
+    async def submit_many(self, specs: Sequence[TaskSpec]) -> list[str]:
+        return await self.broker.enqueue_many(specs)
+
+    async def status(self, task_id: str) -> TaskMessage | None:
+        return await self.broker.get_task_status(task_id)
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> TaskMessage:
+        """The task once it is final (completed, failed or cancelled)."""
+        return await self.broker.wait_for_task(task_id, timeout)
+
+    async def result(self, task_id: str, timeout: float | None = None) -> Any:
+        """The task's result; raises :class:`TaskFailed` if it failed or was cancelled."""
+        message = await self.wait(task_id, timeout)
+        if message.status != TaskStatus.COMPLETED:
+            raise TaskFailed(task_id, message.status.value, message.error)
+        return message.result
+
+    async def run(
+        self, task_type: str, payload: dict[str, Any] | None = None, *, timeout: float | None = None, **options: Any
+    ) -> Any:
+        """Submit and wait for the result in one call."""
+        return await self.result(await self.submit(task_type, payload, **options), timeout)
+
+    async def map(
+        self,
+        task_type: str,
+        payloads: Iterable[dict[str, Any]],
+        *,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> list[TaskMessage]:
+        """Enqueue one task per payload in one batch and return the final tasks in input order."""
+        specs = [TaskSpec(task_type=task_type, payload=p, **options) for p in payloads]
+        ids = await self.broker.enqueue_many(specs)
+        return list(await asyncio.gather(*(self.wait(t, timeout) for t in ids)))
+
+    async def map_stream(
+        self, task_type: str, payloads: Iterable[dict[str, Any]], *, timeout: float | None = None, **options: Any
+    ) -> AsyncIterator[TaskMessage]:
+        """Like :meth:`map`, but yields each task as soon as it is final."""
+        specs = [TaskSpec(task_type=task_type, payload=p, **options) for p in payloads]
+        ids = await self.broker.enqueue_many(specs)
+        for future in asyncio.as_completed([self.wait(t, timeout) for t in ids]):
+            yield await future
+
+    async def cancel(self, task_id: str) -> bool:
+        return await self.broker.cancel_task(task_id)
+
+    async def retry(self, task_id: str) -> bool:
+        return await self.broker.retry_task(task_id)
+
+    # --- cluster -----------------------------------------------------------------------------------
+
+    async def queue_stats(self) -> dict[str, int]:
+        return await self.broker.get_queue_stats()
+
+    async def nodes(self) -> list[NodeInfo]:
+        return await self.broker.get_nodes()
+
+    async def broadcast(
+        self, command: str, data: dict[str, Any] | None = None, *, target_nodes: Sequence[str] | None = None
+    ) -> str:
+        return await self.broker.broadcast_control(command, data, target_nodes)

@@ -1,0 +1,207 @@
+"""The kernel: owns the plugin manager, the config and the task-type registry; the only caller of ``pm.hook``."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+from collections.abc import Iterable
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from .config import HiveConfig
+from .errors import PluginError, UnknownTaskType
+from .keys import Keys
+from .plugins import check_plugins, make_plugin_manager, plugin_version
+from .tasks import TaskType
+
+if TYPE_CHECKING:
+    from .default_plugins.broker import MessageBroker
+    from .models import BroadcastMessage, NodeInfo, TaskMessage
+    from .tasks import TaskContext
+
+logger = logging.getLogger(__name__)
+
+
+class Kernel:
+    """One hive's plugins, settings and task types. Build one per process role; nothing is global."""
+
+    def __init__(
+        self,
+        config: HiveConfig | None = None,
+        *,
+        apps: Iterable[str | ModuleType] = (),
+        plugins: Iterable[Any] = (),
+        pm: pluggy.PluginManager | None = None,
+        load_entry_points: bool = True,
+    ) -> None:
+        self.config = config if config is not None else HiveConfig.load()
+        self.keys = Keys.from_config(self.config)
+        self.pm = pm if pm is not None else make_plugin_manager(self.config, load_entry_points=load_entry_points)
+        for plugin in plugins:
+            self.pm.register(plugin)
+        for app in (*self.config.apps, *apps):
+            self.load_app(app)
+        check_plugins(self.pm)
+        self.task_types: dict[str, TaskType] = {}
+        self._collect_task_types()
+
+    # --- plugins and task types ---------------------------------------------------------------------
+
+    def load_app(self, app: str | ModuleType) -> ModuleType:
+        """Import a user module (``--app``) and register it as a plugin so its tasks and hooks count."""
+        if isinstance(app, str):
+            try:
+                module = importlib.import_module(app)
+            except ImportError as exc:
+                raise PluginError(f"cannot import app module {app!r}: {exc}") from exc
+        else:
+            module = app
+        if self.pm.get_name(module) is None and not self.pm.is_registered(module):
+            self.pm.register(module, name=f"app:{module.__name__}")
+        if hasattr(self, "task_types"):
+            self._collect_task_types()
+        return module
+
+    def register_plugin(self, plugin: Any, name: str | None = None) -> str:
+        """Register one more plugin (tests, embedding) and pick up its task types."""
+        registered = self.pm.register(plugin, name=name)
+        if registered is None:
+            raise PluginError(f"plugin {name!r} is blocked or already registered")
+        check_plugins(self.pm)
+        self._collect_task_types()
+        return registered
+
+    def unregister_plugin(self, plugin: Any) -> None:
+        self.pm.unregister(plugin)
+        self._collect_task_types()
+
+    def _collect_task_types(self) -> None:
+        found: dict[str, TaskType] = {}
+        owners: dict[str, str] = {}
+
+        def add(task_type: TaskType, owner: str) -> None:
+            if not isinstance(task_type, TaskType):
+                raise PluginError(f"plugin {owner!r} registered {task_type!r}, which is not a TaskType")
+            existing = found.get(task_type.name)
+            if existing is not None and existing is not task_type:
+                raise PluginError(
+                    f"task type {task_type.name!r} is defined twice: by {owners[task_type.name]!r} and {owner!r}"
+                )
+            found[task_type.name] = task_type
+            owners[task_type.name] = owner
+
+        for name, plugin in self.pm.list_name_plugin():
+            for value in _module_attrs(plugin):
+                if isinstance(value, TaskType):
+                    add(value, name)
+        for impl in self.pm.hook.register_task_types.get_hookimpls():
+            owner = impl.plugin_name
+
+            def register(task_type: TaskType, _owner: str = owner) -> None:
+                add(task_type, _owner)
+
+            self._only(impl.plugin, "register_task_types")(register=register, config=self.config)
+        self._owners = owners
+        self.task_types = found
+
+    def get_task_type(self, name: str, *, extra_known: Iterable[str] = ()) -> TaskType | None:
+        """The local :class:`TaskType` for ``name``; ``None`` when only a remote spore (``extra_known``) has it.
+
+        Raises :class:`UnknownTaskType` listing every known type when nobody has it.
+        """
+        task_type = self.task_types.get(name)
+        if task_type is not None:
+            return task_type
+        remote = set(extra_known)
+        if name in remote:
+            return None
+        raise UnknownTaskType(name, [*self.task_types, *remote])
+
+    def plugin_names(self) -> list[str]:
+        return sorted(name for name, _ in self.pm.list_name_plugin())
+
+    def describe_plugins(self, *, include_defaults: bool = False, hook: str | None = None) -> list[dict[str, Any]]:
+        """What ``hive plugins`` prints: name, version, hooks and task types of each plugin."""
+        from .plugins import DEFAULT_PLUGINS
+
+        defaults = {name for name, _ in DEFAULT_PLUGINS}
+        rows = []
+        for name, plugin in sorted(self.pm.list_name_plugin()):
+            if name in defaults and not include_defaults:
+                continue
+            hooks = sorted(c.name for c in self.pm.get_hookcallers(plugin) or [])
+            if hook and hook not in hooks:
+                continue
+            rows.append(
+                {
+                    "name": name,
+                    "version": plugin_version(self.pm, plugin),
+                    "hooks": hooks,
+                    "task_types": sorted(t for t, owner in self._owners.items() if owner == name),
+                }
+            )
+        return rows
+
+    # --- hook calls -----------------------------------------------------------------------------------
+
+    def create_broker(self) -> MessageBroker:
+        broker = self.pm.hook.create_broker(kernel=self)
+        if broker is None:
+            raise PluginError("no plugin implements create_broker (is the 'broker' plugin disabled?)")
+        return broker  # type: ignore[no-any-return]
+
+    def route(self, task: TaskMessage, nodes: list[NodeInfo]) -> str | None:
+        """The node that should run ``task`` (or ``None`` for the shared queues)."""
+        node: str | None = self.pm.hook.route_task(task=task, nodes=nodes, config=self.config)
+        return node
+
+    async def execute(self, task: TaskMessage, context: TaskContext) -> Any:
+        """Run one task through the ``execute`` hook; an unowned type is :class:`UnknownTaskType`."""
+        awaitable = self.pm.hook.execute(task=task, context=context)
+        if awaitable is None:
+            raise UnknownTaskType(task.task_type, list(self.task_types))
+        return await awaitable
+
+    def reduce(self, reducer: str, results: list[Any]) -> Any:
+        value = self.pm.hook.reduce(reducer=reducer, results=results, config=self.config)
+        if value is None:
+            raise PluginError(f"no plugin provides the reducer {reducer!r}")
+        return value
+
+    async def broadcast(self, message: BroadcastMessage, context: Any) -> list[str]:
+        """Call every ``on_broadcast`` impl, awaiting async ones; one failing impl never stops the rest."""
+        details: list[str] = []
+        for impl in self.pm.hook.on_broadcast.get_hookimpls():
+            try:
+                outcome = self._only(impl.plugin, "on_broadcast")(message=message, context=context)
+                for value in outcome:
+                    if inspect.isawaitable(value):
+                        value = await value
+                    if isinstance(value, str) and value:
+                        details.append(value)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("plugin %s failed on broadcast %s", impl.plugin_name, message.command)
+        return details
+
+    def _only(self, plugin: Any, hook: str) -> Any:
+        """A caller of ``hook`` that reaches ``plugin``'s impl alone (per-plugin isolation and ownership)."""
+        others = [p for _, p in self.pm.list_name_plugin() if p is not plugin]
+        return self.pm.subset_hook_caller(hook, remove_plugins=others)
+
+    async def apply_update(self, package: Any, context: Any) -> Any:
+        awaitable = self.pm.hook.apply_update(package=package, context=context)
+        if awaitable is None:
+            raise PluginError("no plugin can apply updates (install hive-plugin-ota)")
+        return await awaitable
+
+
+def _module_attrs(plugin: Any) -> list[Any]:
+    if isinstance(plugin, ModuleType):
+        return list(vars(plugin).values())
+    return [getattr(plugin, n, None) for n in dir(plugin) if not n.startswith("_")]

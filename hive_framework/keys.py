@@ -1,0 +1,61 @@
+"""Every Redis key and channel hive uses, built from config in this one place."""
+
+from __future__ import annotations
+
+import attrs
+
+from .config import HiveConfig
+from .models import TaskStatus
+
+
+@attrs.frozen
+class Keys:
+    """The Redis layout of one hive. Queues and the broadcast channel keep the seed's configured names."""
+
+    prefix: str
+    high_queue: str
+    background_queue: str
+    broadcast_channel: str
+
+    @classmethod
+    def from_config(cls, config: HiveConfig) -> Keys:
+        return cls(
+            prefix=config.key_prefix,
+            high_queue=config.high_priority_queue,
+            background_queue=config.background_queue,
+            broadcast_channel=config.broadcast_channel,
+        )
+
+    @property
+    def queues(self) -> tuple[str, str]:
+        """Queues in the order spores serve them: high first."""
+        return (self.high_queue, self.background_queue)
+
+    def task(self, task_id: str) -> str:
+        """JSON :class:`TaskMessage`."""
+        return f"{self.prefix}:task:{task_id}"
+
+    def status_index(self, status: TaskStatus | str) -> str:
+        """Sorted set of task ids in one status, scored by the time they entered it."""
+        return f"{self.prefix}:status:{status}"
+
+    def done(self, task_id: str) -> str:
+        """List that gets an element when the task reaches a final state; waiters block on it."""
+        return f"{self.prefix}:done:{task_id}"
+
+    def node(self, node_id: str) -> str:
+        """JSON :class:`NodeInfo`, with a TTL a few heartbeats long."""
+        return f"{self.prefix}:node:{node_id}"
+
+    @property
+    def nodes(self) -> str:
+        """Set of node ids that have ever beaten; entries whose node key expired are offline."""
+        return f"{self.prefix}:nodes"
+
+    def reply(self, message_id: str) -> str:
+        """List of :class:`BroadcastReply` for one broadcast."""
+        return f"{self.prefix}:reply:{message_id}"
+
+    def node_queue(self, node_id: str) -> str:
+        """Queue read only by one node (tasks assigned to it)."""
+        return f"{self.prefix}:tasks:node:{node_id}"

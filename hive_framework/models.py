@@ -1,0 +1,122 @@
+"""Everything that crosses the wire, as attrs classes. :mod:`hive_framework.wire` turns them into JSON."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+
+#: Named priorities of the seed, and where they sit on the 0-10 scale.
+PRIORITY_NAMES: dict[str, int] = {
+    "background": 0,
+    "low": 2,
+    "normal": 5,
+    "high": 10,
+    "high_priority": 10,
+}
+#: Levels at or above this go to the high-priority queue.
+HIGH_PRIORITY_LEVEL = 5
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only clock models use."""
+    return datetime.now(UTC)
+
+
+class TaskStatus(enum.StrEnum):
+    """Life cycle of a task: pending -> running -> completed | failed, with retrying and cancelled."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+@attrs.define(kw_only=True)
+class TaskMessage:
+    """One task and its whole state. Lives as JSON at ``{prefix}:task:{task_id}``.
+
+    ``attempt`` counts started runs (1 on the first); a task may run ``max_retries + 1`` times.
+    """
+
+    task_id: str
+    task_type: str
+    payload: dict[str, Any] = attrs.field(factory=dict)
+    priority: int = 0
+    queue: str = ""
+    status: TaskStatus = TaskStatus.PENDING
+    attempt: int = 0
+    max_retries: int = 3
+    timeout: float = 300.0
+    requirements: dict[str, Any] = attrs.field(factory=dict)
+    assigned_node: str | None = None
+    created_at: datetime = attrs.field(factory=utcnow)
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    result: Any = None
+    error: str | None = None
+    job_id: str | None = None
+    #: ARQ job that carries this task now; a manual retry gets a fresh one so ARQ never drops it.
+    engine_job_id: str = ""
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+
+@attrs.define(kw_only=True)
+class NodeInfo:
+    """A spore's heartbeat. Lives at ``{prefix}:node:{node_id}`` and expires when the spore stops beating."""
+
+    node_id: str
+    node_name: str
+    host: str
+    pid: int
+    started_at: datetime = attrs.field(factory=utcnow)
+    last_heartbeat: datetime = attrs.field(factory=utcnow)
+    cpu_usage: float = 0.0
+    memory_usage: float = 0.0
+    active_tasks: int = 0
+    concurrency: int = 0
+    paused: bool = False
+    capabilities: dict[str, Any] = attrs.field(factory=dict)
+    task_types: list[str] = attrs.field(factory=list)
+    plugins: list[str] = attrs.field(factory=list)
+    hive_version: str = ""
+    code_version: str = ""
+
+
+@attrs.define(kw_only=True)
+class BroadcastMessage:
+    """A control command published on the broadcast channel (``venom:broadcast``).
+
+    ``target_nodes`` limits it to those node ids or names; empty means every spore.
+    """
+
+    command: str
+    data: dict[str, Any] = attrs.field(factory=dict)
+    message_id: str = ""
+    sender: str = ""
+    sent_at: datetime = attrs.field(factory=utcnow)
+    target_nodes: list[str] = attrs.field(factory=list)
+
+
+@attrs.define(kw_only=True)
+class BroadcastReply:
+    """A spore's answer to a broadcast, pushed to ``{prefix}:reply:{message_id}``."""
+
+    message_id: str
+    node_id: str
+    node_name: str
+    command: str
+    ok: bool = True
+    detail: str = ""
+    at: datetime = attrs.field(factory=utcnow)

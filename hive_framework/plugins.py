@@ -1,0 +1,113 @@
+"""Building the plugin manager: default plugins, entry points, allow/deny lists, and the checks pluggy skips."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import warnings
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .config import HiveConfig
+from .errors import PluginError
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "hive_framework.plugins"
+
+#: Built-in plugins, registered through the same ``pm.register`` as third-party ones.
+DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("tasks", "hive_framework.default_plugins.tasks"),
+    ("broker", "hive_framework.default_plugins.broker"),
+    ("foreman", "hive_framework.default_plugins.foreman"),
+    ("mapreduce", "hive_framework.default_plugins.mapreduce"),
+    ("control", "hive_framework.default_plugins.control"),
+)
+#: Plugins without which nothing works; ``HIVE_DISABLE_PLUGINS`` cannot block them.
+ESSENTIAL_PLUGINS = frozenset({"tasks"})
+
+#: Hooks whose first non-None result wins: an ``async def`` impl there would always win.
+FIRST_RESULT_HOOKS = ("route_task", "execute", "reduce", "apply_update", "create_broker")
+
+
+def make_plugin_manager(config: HiveConfig, *, load_entry_points: bool = True) -> pluggy.PluginManager:
+    """A fresh, fully loaded and checked manager for one kernel (never a module global)."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for name in config.disable_plugins:
+        if name in ESSENTIAL_PLUGINS:
+            raise PluginError(f"plugin {name!r} is essential and cannot be disabled")
+        pm.set_blocked(name)
+    for name, module_path in DEFAULT_PLUGINS:
+        if not pm.is_blocked(name):
+            pm.register(importlib.import_module(module_path), name=name)
+    if load_entry_points:
+        _load_entry_points(pm, config)
+    check_plugins(pm)
+    if config.trace_plugins:
+        pm.trace.root.setwriter(logger.info)
+        pm.enable_tracing()
+    return pm
+
+
+def _load_entry_points(pm: pluggy.PluginManager, config: HiveConfig) -> None:
+    from importlib.metadata import entry_points
+
+    reserved = {name for name, _ in DEFAULT_PLUGINS}
+    available = {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    for name in available & reserved:
+        warnings.warn(
+            f"entry point {name!r} clashes with a built-in plugin name and is ignored; rename it",
+            stacklevel=3,
+        )
+    wanted = sorted(available - reserved) if config.load_plugins is None else list(config.load_plugins)
+    for name in wanted:
+        if name not in available:
+            raise PluginError(
+                f"HIVE_LOAD_PLUGINS names {name!r}, which is not installed; "
+                f"installed: {', '.join(sorted(available)) or 'none'}"
+            )
+        try:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"plugin {name!r}: {exc}") from exc
+        except Exception as exc:
+            raise PluginError(f"plugin {name!r} failed to load: {type(exc).__name__}: {exc}") from exc
+
+
+def check_plugins(pm: pluggy.PluginManager) -> None:
+    """Fail loudly, naming the plugin and hook, on the mistakes pluggy lets through."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(str(exc)) from exc
+    for hook_name in FIRST_RESULT_HOOKS:
+        caller = getattr(pm.hook, hook_name, None)
+        if caller is None:
+            continue
+        for impl in caller.get_hookimpls():
+            if inspect.iscoroutinefunction(impl.function):
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r}: {hook_name} is a first-result hook and must not be "
+                    "'async def' (its coroutine would always win); return None or an awaitable instead"
+                )
+    for caller in pm.hook.__dict__.values():
+        if not isinstance(caller, pluggy.HookCaller):
+            continue
+        for impl in caller.get_hookimpls():
+            if impl.kwargnames:
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r}: {caller.name} parameter(s) "
+                    f"{', '.join(impl.kwargnames)} have defaults; pluggy never passes those, remove the defaults"
+                )
+
+
+def plugin_version(pm: pluggy.PluginManager, plugin: Any) -> str | None:
+    """The version of the distribution that provided ``plugin``, if it came from an entry point."""
+    for loaded, dist in pm.list_plugin_distinfo():
+        if loaded is plugin:
+            return str(dist.version)
+    return None
