@@ -117,6 +117,22 @@ class HiveConfig:
         """The ``[plugins.NAME]`` section (empty when absent)."""
         return dict(self.plugins.get(name, {}))
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as environment variables, e.g. to hand them to spore subprocesses."""
+        env: dict[str, str] = {}
+        for field in attrs.fields(HiveConfig):
+            name = field.metadata.get("env")
+            value = getattr(self, field.name)
+            if not name or value is None:
+                continue
+            if isinstance(value, bool):
+                env[name] = "true" if value else "false"
+            elif isinstance(value, tuple):
+                env[name] = ",".join(value)
+            else:
+                env[name] = str(value)
+        return env
+
     def evolve(self, **changes: Any) -> HiveConfig:
         """A copy with some settings changed (validated like any other source)."""
         return _build({**attrs.asdict(self, recurse=False), **changes}, source="override")

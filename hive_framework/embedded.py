@@ -64,7 +64,7 @@ class EmbeddedRedis:
         if self.kind == "redis-server":
             return f"a private redis-server at {self.url} (temporary; nothing is kept after it stops)"
         return (
-            f"an in-process fakeredis server at {self.url}: redis-server is not installed, so this fallback "
+            f"an in-process fakeredis server at {self.url} (no redis-server binary was used): this fallback "
             "is slow and keeps nothing; install Redis or set REDIS_URL for real work"
         )
 

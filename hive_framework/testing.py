@@ -1,0 +1,233 @@
+"""Pytest fixtures and helpers for testing hive itself and hive plugins.
+
+Use them from a plugin's tests with ``pytest_plugins = ["hive_framework.testing"]``. Every test gets its
+own key prefix, queue names and broadcast channel on the shared Redis, and its keys are deleted after
+it: nothing is ever flushed.
+
+Redis comes from ``HIVE_TEST_REDIS_URL`` (else ``REDIS_URL``, else ``redis://127.0.0.1:6379/0``). When
+none answers, tests that need it are skipped with the reason, unless ``HIVE_REQUIRE_REDIS=1`` (CI), where
+they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import redis
+
+from .config import HiveConfig
+from .embedded import redis_answers
+from .hive import Hive
+from .kernel import Kernel
+from .spore import Spore
+
+T = TypeVar("T")
+
+DEFAULT_TEST_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def test_redis_url() -> str:
+    return os.environ.get("HIVE_TEST_REDIS_URL") or os.environ.get("REDIS_URL") or DEFAULT_TEST_REDIS
+
+
+def require_redis() -> bool:
+    return os.environ.get("HIVE_REQUIRE_REDIS", "").lower() in {"1", "true", "yes"}
+
+
+def fast_config(redis_url: str, **overrides: Any) -> HiveConfig:
+    """Settings for tests: a unique namespace on the given Redis and short timings."""
+    prefix = f"hivetest:{uuid.uuid4().hex[:12]}"
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "key_prefix": prefix,
+        "high_priority_queue": f"{prefix}:q:high",
+        "background_queue": f"{prefix}:q:background",
+        "broadcast_channel": f"{prefix}:broadcast",
+        "poll_interval": 0.01,
+        "heartbeat_interval": 0.3,
+        "lease_seconds": 2.0,
+        "retry_backoff": 0.05,
+        "retry_backoff_max": 0.5,
+        "shutdown_grace": 5.0,
+        "task_timeout": 30.0,
+    }
+    values.update(overrides)
+    return HiveConfig.load(environ={}, env_file=os.devnull, toml_file=None, **values)
+
+
+def delete_namespace(redis_url: str, config: HiveConfig) -> None:
+    """Delete every key of one test namespace (never FLUSH: the server may be shared)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{config.key_prefix}:*", count=1000))
+        keys += [config.high_priority_queue, config.background_queue]
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    finally:
+        client.close()
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> T:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+async def async_wait_until(
+    predicate: Callable[[], Awaitable[T]], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> T:
+    """The async twin of :func:`wait_until`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        await asyncio.sleep(interval)
+
+
+class SporeProcess:
+    """A spore running as a real OS process (``python -m hive_framework spore``)."""
+
+    def __init__(self, config: HiveConfig, name: str, *, apps: tuple[str, ...] = (), concurrency: int = 4,
+                 extra_env: dict[str, str] | None = None, cwd: str | Path | None = None,
+                 log_dir: Path | None = None) -> None:
+        self.name = name
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HIVE_", "REDIS_"))}
+        env.update(config.to_env())
+        env["HIVE_APP"] = ",".join((*config.apps, *apps))
+        env.update(extra_env or {})
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p)
+        self.log_path = (log_dir or Path(os.environ.get("TMPDIR", "/tmp"))) / f"spore-{name}-{uuid.uuid4().hex[:6]}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hive_framework", "spore", "--name", name, "--concurrency", str(concurrency)],
+            env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, then wait; SIGKILL if it does not stop in time. Returns the exit code."""
+        self.signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self._log.close()
+        return code
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.proc.wait()
+
+
+# --------------------------------------------------------------------------------------------------
+# fixtures
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def hive_redis_url() -> str:
+    """URL of a Redis that answers; skips (or fails under ``HIVE_REQUIRE_REDIS=1``) when there is none."""
+    url = test_redis_url()
+    if not redis_answers(url, timeout=1.0):
+        message = f"no Redis answers at {url} (set HIVE_TEST_REDIS_URL)"
+        if require_redis():
+            pytest.fail(f"HIVE_REQUIRE_REDIS=1 but {message}")
+        pytest.skip(message)
+    return url
+
+
+@pytest.fixture
+def hive_config(hive_redis_url: str) -> Iterator[HiveConfig]:
+    """Fast settings in a private namespace of the test Redis; the namespace is deleted afterwards."""
+    config = fast_config(hive_redis_url)
+    yield config
+    delete_namespace(hive_redis_url, config)
+
+
+@pytest.fixture
+def hive_kernel(hive_config: HiveConfig) -> Kernel:
+    return Kernel(hive_config)
+
+
+@pytest.fixture
+async def hive(hive_kernel: Kernel) -> AsyncIterator[Hive]:
+    """A connected :class:`Hive` client in the test namespace."""
+    client = Hive(hive_kernel)
+    await client.open()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def run_spore(hive_kernel: Kernel) -> AsyncIterator[Callable[..., Awaitable[Spore]]]:
+    """Start in-process spores: ``spore = await run_spore(name="a", concurrency=2)``; stopped after the test."""
+    started: list[tuple[Spore, asyncio.Task[None]]] = []
+
+    async def start(kernel: Kernel | None = None, **options: Any) -> Spore:
+        node = Spore(kernel or hive_kernel, **options)
+        runner = asyncio.create_task(node.run(install_signals=False))
+        waiter = asyncio.create_task(node.wait_ready())
+        await asyncio.wait([runner, waiter], return_when=asyncio.FIRST_COMPLETED)
+        if runner.done():
+            waiter.cancel()
+            runner.result()
+        started.append((node, runner))
+        return node
+
+    yield start
+    for node, runner in started:
+        node.request_stop()
+    for _, runner in started:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(runner, 30)
+
+
+@pytest.fixture
+def spore_processes(hive_config: HiveConfig, tmp_path: Path) -> Iterator[Callable[..., SporeProcess]]:
+    """Start spores as OS processes: ``spore_processes("a", apps=("tests.apps.basic",))``; stopped after."""
+    started: list[SporeProcess] = []
+
+    def start(name: str, **options: Any) -> SporeProcess:
+        options.setdefault("log_dir", tmp_path)
+        proc = SporeProcess(hive_config, name, **options)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.proc.poll() is None:
+            proc.stop()
