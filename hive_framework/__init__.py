@@ -28,7 +28,9 @@ from .tasks import TaskContext, TaskType, task
 
 if TYPE_CHECKING:
     from .default_plugins.broker import MessageBroker, TaskSpec
+    from .default_plugins.mapreduce import ParallelSkill
     from .hive import Hive
+    from .jobs import ItemOutcome
     from .spore import Spore
 
 __all__ = [
@@ -38,9 +40,11 @@ __all__ = [
     "HiveConfig",
     "HiveError",
     "InvalidTask",
+    "ItemOutcome",
     "Kernel",
     "MessageBroker",
     "NodeInfo",
+    "ParallelSkill",
     "PluginError",
     "RedisUnavailable",
     "Spore",
@@ -63,6 +67,8 @@ _LAZY = {
     "TaskSpec": "hive_framework.default_plugins.broker",
     "Hive": "hive_framework.hive",
     "Spore": "hive_framework.spore",
+    "ParallelSkill": "hive_framework.default_plugins.mapreduce",
+    "ItemOutcome": "hive_framework.jobs",
 }
 
 

@@ -64,9 +64,11 @@ def _json_arg(text: str | None, what: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except ValueError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint=what) from None
+        raise click.ClickException(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise click.BadParameter("must be a JSON object, like '{\"url\": \"https://...\"}'", param_hint=what)
+        raise click.ClickException(
+            f"{what} must be a JSON object, like '{{\"url\": \"https://...\"}}', got {type(value).__name__}"
+        )
     return value
 
 

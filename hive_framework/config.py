@@ -6,6 +6,7 @@ unknown TOML key or a value that does not parse is a :class:`ConfigError` naming
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -41,6 +42,18 @@ def _port(inst: Any, attribute: attrs.Attribute[Any], value: int) -> None:
         raise ValueError(f"{_label(attribute)} must be a TCP port 1-65535, got {value!r}")
 
 
+def _redis_url(inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value:
+        return
+    parts = urlsplit(value)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError(f"{_label(attribute)} must start with redis://, rediss:// or unix://, got {mask_url(value)!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ValueError(f"{_label(attribute)} has a bad port: {exc}") from None
+
+
 def _setting(default: Any, env: str, doc: str, validator: Any = None) -> Any:
     return attrs.field(default=default, validator=validator, metadata={"env": env, "doc": doc})
 
@@ -55,7 +68,7 @@ class HiveConfig:
     redis_db: int = _setting(0, "REDIS_DB", "Redis database number.", _non_negative)
     redis_password: str = _setting("", "REDIS_PASSWORD", "Redis password (never logged).")
     redis_url: str = _setting(
-        "", "REDIS_URL", "redis:// or rediss:// URL; overrides host, port, db and password."
+        "", "REDIS_URL", "redis:// or rediss:// URL; overrides host, port, db and password.", _redis_url
     )
     high_priority_queue: str = _setting("venom:tasks:high", "HIVE_HIGH_PRIORITY_QUEUE", "High-priority queue.")
     background_queue: str = _setting("venom:tasks:background", "HIVE_BACKGROUND_QUEUE", "Background queue.")
@@ -177,9 +190,8 @@ def mask_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    # Keep the host part as written (IPv6 brackets, port) and replace only the credentials.
+    host = parts.netloc.rpartition("@")[2]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
@@ -209,7 +221,10 @@ def _to_int(value: Any, _: Any) -> int:
 def _to_float(value: Any, _: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a number, got {value!r}")
-    return float(value)
+    number = float(value)
+    if not math.isfinite(number):  # 'nan' passes every '> 0' check; 'inf' overflows int(ms) TTLs
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return number
 
 
 def _to_str(value: Any, _: Any) -> str:

@@ -11,7 +11,6 @@ import click
 from .config import HiveConfig
 from .errors import HiveError
 from .hive import Hive
-from .models import TaskStatus
 
 TEXT_SUFFIXES = {".py", ".md", ".txt", ".toml", ".rst", ".cfg", ".ini", ".json", ".yaml", ".yml"}
 
@@ -64,23 +63,23 @@ async def _count(url: str, env: dict[str, str], files: list[Path], spores: int, 
             await asyncio.sleep(0.1)
         click.echo(f"{spores} spores online; counting {len(files)} files...")
         started = time.monotonic()
-        tasks = await hive.map("demo.wordcount", [{"path": str(f)} for f in files], timeout=120)
+        outcomes = [o async for o in hive.map_stream("demo.wordcount", [{"path": str(f)} for f in files], timeout=120)]
         elapsed = time.monotonic() - started
-    done = [t for t in tasks if t.status == TaskStatus.COMPLETED]
-    failed = [t for t in tasks if t.status != TaskStatus.COMPLETED]
+    done = [o for o in outcomes if o.ok]
+    failed = [o for o in outcomes if not o.ok]
     per_node: dict[str, int] = {}
-    for t in done:
-        per_node[t.result["node"]] = per_node.get(t.result["node"], 0) + 1
-    biggest = sorted(done, key=lambda t: t.result["words"], reverse=True)[:10]
+    for o in done:
+        per_node[o.result["node"]] = per_node.get(o.result["node"], 0) + 1
+    biggest = sorted(done, key=lambda o: o.result["words"], reverse=True)[:10]
     click.echo(f"\n{'file':<48} {'lines':>7} {'words':>8}  top words")
-    for t in biggest:
-        r = t.result
+    for o in biggest:
+        r = o.result
         click.echo(f"{str(Path(r['path']).relative_to(root)):<48.48} {r['lines']:>7} {r['words']:>8}  {', '.join(r['top'])}")
     click.echo(
-        f"\n{len(done)} files, {sum(t.result['words'] for t in done)} words in {elapsed:.2f}s; "
+        f"\n{len(done)} of {len(files)} files, {sum(o.result['words'] for o in done)} words in {elapsed:.2f}s; "
         f"tasks per spore: {per_node}; failed: {len(failed)}"
     )
-    for t in failed:
-        click.echo(f"  failed {t.payload.get('path')}: {t.error}")
-    if failed:
+    for o in failed:
+        click.echo(f"  failed {o.item}: {o.error}")
+    if failed or len(outcomes) < len(files):
         raise SystemExit(1)

@@ -20,7 +20,7 @@ class UnknownTaskType(HiveError):
 
     def __init__(self, task_type: str, known: list[str]) -> None:
         self.task_type = task_type
-        self.known = sorted(known)
+        self.known = sorted(set(known))
         listed = ", ".join(self.known) or "none (load an --app module or install a plugin)"
         super().__init__(f"unknown task type {task_type!r}; known task types: {listed}")
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterable, Sequence
 from types import ModuleType
 from typing import Any
 
 from .config import HiveConfig
 from .default_plugins.broker import MessageBroker, TaskSpec
-from .errors import TaskFailed
+from .errors import TaskFailed, WaitTimeout
+from .jobs import ItemOutcome, MapJob
 from .kernel import Kernel
 from .models import NodeInfo, TaskMessage, TaskStatus
 
@@ -93,24 +93,47 @@ class Hive:
     async def map(
         self,
         task_type: str,
-        payloads: Iterable[dict[str, Any]],
+        items: Iterable[Any],
         *,
         timeout: float | None = None,
+        chunk_size: int = 1,
+        return_exceptions: bool = False,
         **options: Any,
-    ) -> list[TaskMessage]:
-        """Enqueue one task per payload in one batch and return the final tasks in input order."""
-        specs = [TaskSpec(task_type=task_type, payload=p, **options) for p in payloads]
-        ids = await self.broker.enqueue_many(specs)
-        return list(await asyncio.gather(*(self.wait(t, timeout) for t in ids)))
+    ) -> list[Any]:
+        """Run ``task_type`` once per item and return the results in input order.
+
+        Like ``asyncio.gather``: the first failed item raises :class:`TaskFailed`, unless
+        ``return_exceptions`` puts a :class:`TaskFailed` in its place. Dict items are payloads as they are;
+        other items arrive as ``{"item": item}``. ``chunk_size`` batches small items into fewer tasks.
+        Items unfinished after ``timeout`` seconds raise :class:`WaitTimeout` (their tasks go on).
+        """
+        job = MapJob(self.broker, task_type, list(items), chunk_size=chunk_size, **options)
+        await job.submit()
+        async for _ in job.stream(timeout):
+            pass
+        missing = job.unfinished()
+        if missing:
+            raise WaitTimeout(f"{len(missing)} of {len(job.items)} items unfinished after {timeout}s (job {job.job_id})")
+        results: list[Any] = []
+        for outcome in job.ordered():
+            if outcome.ok:
+                results.append(outcome.result)
+                continue
+            failure = TaskFailed(outcome.task_id, outcome.status, outcome.error)
+            if not return_exceptions:
+                raise failure
+            results.append(failure)
+        return results
 
     async def map_stream(
-        self, task_type: str, payloads: Iterable[dict[str, Any]], *, timeout: float | None = None, **options: Any
-    ) -> AsyncIterator[TaskMessage]:
-        """Like :meth:`map`, but yields each task as soon as it is final."""
-        specs = [TaskSpec(task_type=task_type, payload=p, **options) for p in payloads]
-        ids = await self.broker.enqueue_many(specs)
-        for future in asyncio.as_completed([self.wait(t, timeout) for t in ids]):
-            yield await future
+        self, task_type: str, items: Iterable[Any], *, timeout: float | None = None, chunk_size: int = 1,
+        **options: Any,
+    ) -> AsyncIterator[ItemOutcome]:
+        """Yield each item's :class:`ItemOutcome` (index, result or error) once, as soon as it finishes."""
+        job = MapJob(self.broker, task_type, list(items), chunk_size=chunk_size, **options)
+        await job.submit()
+        async for outcome in job.stream(timeout):
+            yield outcome
 
     async def cancel(self, task_id: str) -> bool:
         return await self.broker.cancel_task(task_id)

@@ -106,6 +106,20 @@ def execute(task: TaskMessage, context: TaskContext) -> Awaitable[Any] | None:
     """
 
 
+@hookspec(firstresult=True)
+def claim_items(description: str, items: list[Any], config: HiveConfig) -> str | None:
+    """Name the task type that should process ``items`` when a map-reduce call gives none.
+
+    The scrape plugin claims URLs, the scan plugin claims paths. Inspect, never fetch.
+
+    :param description: the caller's description of the work (free text, may be empty).
+    :param items: the items to process.
+    :param config: the hive's settings.
+    :return: a task type name, or ``None`` to let another plugin claim them.
+    Runs where the job is started. Stops at the first non-None result.
+    """
+
+
 # --------------------------------------------------------------------------------------------------
 # Reduction: on the nexus/client, after a map-reduce job's items finished
 # --------------------------------------------------------------------------------------------------

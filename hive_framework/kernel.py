@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from .config import HiveConfig
-from .errors import PluginError, UnknownTaskType
+from .errors import InvalidTask, PluginError, UnknownTaskType
 from .keys import Keys
 from .plugins import check_plugins, make_plugin_manager, plugin_version
 from .tasks import TaskType
@@ -42,7 +42,7 @@ class Kernel:
         self.keys = Keys.from_config(self.config)
         self.pm = pm if pm is not None else make_plugin_manager(self.config, load_entry_points=load_entry_points)
         for plugin in plugins:
-            self.pm.register(plugin)
+            self._register(plugin)
         for app in (*self.config.apps, *apps):
             self.load_app(app)
         check_plugins(self.pm)
@@ -61,19 +61,32 @@ class Kernel:
         else:
             module = app
         if self.pm.get_name(module) is None and not self.pm.is_registered(module):
-            self.pm.register(module, name=f"app:{module.__name__}")
+            self._register(module, name=f"app:{module.__name__}")
         if hasattr(self, "task_types"):
             self._collect_task_types()
         return module
 
     def register_plugin(self, plugin: Any, name: str | None = None) -> str:
         """Register one more plugin (tests, embedding) and pick up its task types."""
-        registered = self.pm.register(plugin, name=name)
+        registered = self._register(plugin, name=name)
         if registered is None:
             raise PluginError(f"plugin {name!r} is blocked or already registered")
-        check_plugins(self.pm)
-        self._collect_task_types()
+        try:
+            check_plugins(self.pm)
+            self._collect_task_types()
+        except PluginError:
+            self.pm.unregister(plugin)  # a refused plugin must not stay half-registered
+            self._collect_task_types()
+            raise
         return registered
+
+    def _register(self, plugin: Any, name: str | None = None) -> str | None:
+        """``pm.register``, with pluggy's validation error (e.g. an argument the hook lacks) as :class:`PluginError`."""
+        try:
+            return self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            label = name or getattr(plugin, "__name__", type(plugin).__name__)
+            raise PluginError(f"plugin {label!r}: {'; '.join(str(exc).splitlines())}") from exc
 
     def unregister_plugin(self, plugin: Any) -> None:
         self.pm.unregister(plugin)
@@ -165,6 +178,16 @@ class Kernel:
         if awaitable is None:
             raise UnknownTaskType(task.task_type, list(self.task_types))
         return await awaitable
+
+    def claim(self, description: str, items: list[Any]) -> str:
+        """The task type a plugin claims for ``items`` (``claim_items``); else :class:`UnknownTaskType`."""
+        claimed: str | None = self.pm.hook.claim_items(description=description, items=items, config=self.config)
+        if claimed is None:
+            raise InvalidTask(
+                "no task_type given and no plugin claims these items; pass task_type=, one of: "
+                + (", ".join(sorted(self.task_types)) or "none loaded")
+            )
+        return claimed
 
     def reduce(self, reducer: str, results: list[Any]) -> Any:
         value = self.pm.hook.reduce(reducer=reducer, results=results, config=self.config)

@@ -43,6 +43,18 @@ class Keys:
         """List that gets an element when the task reaches a final state; waiters block on it."""
         return f"{self.prefix}:done:{task_id}"
 
+    def waiting_on(self, task_id: str) -> str:
+        """Set of dependencies a waiting task still waits for."""
+        return f"{self.prefix}:deps:{task_id}"
+
+    def dependents(self, task_id: str) -> str:
+        """Set of tasks that wait for this one."""
+        return f"{self.prefix}:dependents:{task_id}"
+
+    def job_events(self, job_id: str) -> str:
+        """Stream with one entry per task of a map-reduce job that became final (readers never poll tasks)."""
+        return f"{self.prefix}:job:{job_id}:events"
+
     def node(self, node_id: str) -> str:
         """JSON :class:`NodeInfo`, with a TTL a few heartbeats long."""
         return f"{self.prefix}:node:{node_id}"

@@ -26,8 +26,12 @@ def utcnow() -> datetime:
 
 
 class TaskStatus(enum.StrEnum):
-    """Life cycle of a task: pending -> running -> completed | failed, with retrying and cancelled."""
+    """Life cycle of a task: [waiting ->] pending -> running -> completed | failed, with retrying and cancelled.
 
+    ``waiting`` means the task has dependencies (``depends_on``) that have not all completed yet.
+    """
+
+    WAITING = "waiting"
     PENDING = "pending"
     RUNNING = "running"
     RETRYING = "retrying"
@@ -64,6 +68,10 @@ class TaskMessage:
     result: Any = None
     error: str | None = None
     job_id: str | None = None
+    #: Tasks that must complete before this one starts; their results are readable from the context.
+    depends_on: list[str] = attrs.field(factory=list)
+    #: When set, the task runs its type once per payload here (map-reduce ``chunk_size``); result is a list.
+    chunk: list[dict[str, Any]] | None = None
     #: ARQ job that carries this task now; a manual retry gets a fresh one so ARQ never drops it.
     engine_job_id: str = ""
 

@@ -30,7 +30,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
 ESSENTIAL_PLUGINS = frozenset({"tasks"})
 
 #: Hooks whose first non-None result wins: an ``async def`` impl there would always win.
-FIRST_RESULT_HOOKS = ("route_task", "execute", "reduce", "apply_update", "create_broker")
+FIRST_RESULT_HOOKS = ("route_task", "execute", "reduce", "apply_update", "create_broker", "claim_items")
 
 
 def make_plugin_manager(config: HiveConfig, *, load_entry_points: bool = True) -> pluggy.PluginManager:

@@ -18,6 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import attrs
 import psutil
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.worker import Retry, Worker, func
@@ -314,7 +315,7 @@ class Spore:
         retriable = True
         try:
             async with asyncio.timeout(message.timeout) as deadline:
-                result = await self.kernel.execute(message, context)
+                result = await self._execute(message, context)
             wire.json_size(result)
         except asyncio.CancelledError:
             # Shutdown: hand the task back untouched so another spore (or this one, later) runs it.
@@ -355,6 +356,23 @@ class Spore:
         message.completed_at = utcnow()
         await broker.save_task(message)
         self.log.warning("task %s failed after %d attempt(s): %s", task_id, message.attempt, error)
+
+    async def _execute(self, message: TaskMessage, context: TaskContext) -> Any:
+        """Run the task, or each payload of a chunked task in turn (one item failing does not stop the rest)."""
+        if message.chunk is None:
+            return await self.kernel.execute(message, context)
+        outcomes: list[dict[str, Any]] = []
+        for payload in message.chunk:
+            part = attrs.evolve(message, payload=payload, chunk=None)
+            try:
+                value = await self.kernel.execute(part, attrs.evolve(context, task=part))
+                wire.json_size(value)
+                outcomes.append({"ok": True, "result": value})
+            except UnknownTaskType:
+                raise
+            except Exception as exc:
+                outcomes.append({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+        return outcomes
 
     # --- background loops --------------------------------------------------------------------------
 

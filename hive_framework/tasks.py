@@ -125,3 +125,14 @@ class TaskContext:
     @property
     def config(self) -> HiveConfig:
         return self.kernel.config
+
+    async def dependency_results(self) -> dict[str, Any]:
+        """Results of the tasks this one depends on (``depends_on``), by task id."""
+        from . import wire
+        from .models import TaskMessage
+
+        ids = list(self.task.depends_on)
+        if not ids:
+            return {}
+        raws = await self.redis.mget([self.kernel.keys.task(t) for t in ids])
+        return {t: (wire.loads(r, TaskMessage).result if r is not None else None) for t, r in zip(ids, raws, strict=True)}

@@ -26,7 +26,7 @@ def dumps(obj: Any) -> bytes:
         return json.dumps(
             converter.unstructure(obj), separators=(",", ":"), ensure_ascii=False, allow_nan=False
         ).encode()
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise WireError(f"cannot encode {type(obj).__name__} as JSON: {exc}") from exc
 
 
@@ -34,7 +34,7 @@ def loads(data: bytes | str, cls: type[T]) -> T:
     """Decode JSON bytes into ``cls``; any malformed input raises :class:`WireError` naming the model."""
     try:
         raw = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # deep nesting: RecursionError
         raise WireError(f"{cls.__name__}: not valid JSON ({exc})") from exc
     return structure(raw, cls)
 
@@ -46,7 +46,7 @@ def structure(raw: Any, cls: type[T]) -> T:
     except cattrs.BaseValidationError as exc:
         details = "; ".join(cattrs.transform_error(exc))
         raise WireError(f"{cls.__name__}: {details}") from exc
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as exc:
         raise WireError(f"{cls.__name__}: {exc}") from exc
 
 
@@ -54,5 +54,5 @@ def json_size(value: Any) -> int:
     """Bytes ``value`` takes as compact JSON; raises :class:`WireError` when it is not JSON data."""
     try:
         return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode())
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise WireError(f"not JSON data: {exc}") from exc

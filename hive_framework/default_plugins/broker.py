@@ -9,12 +9,13 @@ higher level gets a lower ARQ score, so it is read first.
 from __future__ import annotations
 
 import asyncio
+import graphlib
 import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,7 @@ logger = logging.getLogger(__name__)
 RUN_FUNCTION = "hive.run"
 #: Score distance between two adjacent priority levels inside one queue (about 31 years in ms).
 PRIORITY_STEP_MS = 10**12
+_FAILED_STATES = (TaskStatus.FAILED, TaskStatus.CANCELLED)
 #: How long a broadcast's replies are kept.
 REPLY_TTL_S = 60
 
@@ -62,13 +64,19 @@ def parse_priority(priority: int | str) -> int:
         level = priority
     elif isinstance(priority, str) and priority.strip().lower() in PRIORITY_NAMES:
         return PRIORITY_NAMES[priority.strip().lower()]
-    elif isinstance(priority, str) and priority.strip().lstrip("-").isdigit():
+    elif isinstance(priority, str) and _is_level(priority):
         level = int(priority)
     else:
         raise InvalidTask(f"bad priority {priority!r}: use one of {sorted(PRIORITY_NAMES)} or 0-10")
     if not 0 <= level <= 10:
         raise InvalidTask(f"bad priority {priority!r}: levels run from 0 (lowest) to 10 (highest)")
     return level
+
+
+def _is_level(text: str) -> bool:
+    """An optional '-' then a few ASCII digits (``str.isdigit`` alone lets '²' and '--5' reach ``int``)."""
+    digits = text.strip().removeprefix("-")
+    return digits.isascii() and digits.isdigit() and len(digits) <= 20
 
 
 def job_serializer(data: dict[str, Any]) -> bytes:
@@ -104,6 +112,9 @@ class TaskSpec:
     requirements: dict[str, Any] | None = None
     node: str | None = None
     job_id: str | None = None
+    depends_on: Sequence[str] | None = None
+    #: Payloads run one after another by a single task (map-reduce ``chunk_size``).
+    chunk: Sequence[dict[str, Any]] | None = None
 
 
 class MessageBroker:
@@ -172,6 +183,7 @@ class MessageBroker:
         requirements: dict[str, Any] | None = None,
         node: str | None = None,
         job_id: str | None = None,
+        depends_on: Sequence[str] | None = None,
     ) -> str:
         """Validate and enqueue one task; returns its id. Nothing is stored when validation fails.
 
@@ -188,13 +200,20 @@ class MessageBroker:
             requirements=requirements,
             node=node,
             job_id=job_id,
+            depends_on=depends_on,
         )
         (task_id_out,) = await self.enqueue_many([spec])
         return task_id_out
 
     async def enqueue_many(self, specs: Sequence[TaskSpec]) -> list[str]:
-        """Validate every spec first, then enqueue them all in one pipelined transaction."""
-        remote_types = await self._remote_task_types()
+        """Validate every spec first, then enqueue them all in one pipelined transaction.
+
+        A spec with ``depends_on`` waits (status ``waiting``) until all those tasks completed; a
+        dependency that failed or was cancelled fails it. Dependencies may point into the same batch
+        (with explicit ``task_id``s); a cycle is refused.
+        """
+        local = self.kernel.task_types
+        remote_types = await self._remote_task_types() if any(s.task_type not in local for s in specs) else set()
         nodes = await self.get_nodes() if any(self._needs_routing(s) for s in specs) else []
         messages = [self._build(spec, remote_types) for spec in specs]
         explicit = [m.task_id for m, s in zip(messages, specs, strict=True) if s.task_id]
@@ -204,16 +223,83 @@ class MessageBroker:
             exists = await self.redis.exists(*[self.keys.task(t) for t in explicit])
             if exists:
                 raise InvalidTask(f"a task with one of the ids {explicit[:5]} already exists; ids must be new")
+        deps = await self._check_dependencies(messages)
         for message, spec in zip(messages, specs, strict=True):
             target = spec.node or (self.kernel.route(message, nodes) if self._needs_routing(spec) else None)
             message.queue = self._queue_for(message.priority, target)
             if target:
                 message.assigned_node = target
+        waiting: list[TaskMessage] = []
         async with self.redis.pipeline(transaction=True) as pipe:
             for message in messages:
-                self._queue_ops(pipe, message)
+                failed_dep = next((d for d in message.depends_on if deps.get(d) in _FAILED_STATES), None)
+                unfinished = [d for d in message.depends_on if deps.get(d) != TaskStatus.COMPLETED]
+                if failed_dep is not None:
+                    message.status = TaskStatus.FAILED
+                    message.completed_at = utcnow()
+                    message.error = f"dependency {failed_dep} {deps[failed_dep]}"
+                    self._status_ops(pipe, message)
+                elif unfinished:
+                    message.status = TaskStatus.WAITING
+                    self._status_ops(pipe, message)
+                    pipe.sadd(self.keys.waiting_on(message.task_id), *unfinished)
+                    for dep in unfinished:
+                        pipe.sadd(self.keys.dependents(dep), message.task_id)
+                    waiting.append(message)
+                else:
+                    self._queue_ops(pipe, message)
             await pipe.execute()
+        # A dependency may have finished between the status check and the write above: settle it now.
+        for message in waiting:
+            for dep in await self.get_tasks(message.depends_on):
+                if dep is not None and dep.is_terminal:
+                    await self._release_dependents(dep, only=message.task_id)
         return [m.task_id for m in messages]
+
+    async def _check_dependencies(self, messages: list[TaskMessage]) -> dict[str, TaskStatus]:
+        """Statuses of every dependency named; unknown ids and cycles are :class:`InvalidTask`."""
+        in_batch = {m.task_id for m in messages}
+        graph = {m.task_id: set(m.depends_on) for m in messages if m.depends_on}
+        if not graph:
+            return {}
+        try:
+            tuple(graphlib.TopologicalSorter(graph).static_order())
+        except graphlib.CycleError as exc:
+            raise InvalidTask(f"dependency cycle: {' -> '.join(map(str, exc.args[1]))}") from None
+        outside = sorted({d for deps in graph.values() for d in deps} - in_batch)
+        statuses: dict[str, TaskStatus] = {m.task_id: m.status for m in messages}
+        for dep_id, dep in zip(outside, await self.get_tasks(outside), strict=True):
+            if dep is None:
+                raise InvalidTask(f"depends_on names {dep_id!r}, which is not a known task")
+            statuses[dep_id] = dep.status
+        return statuses
+
+    async def _release_dependents(self, message: TaskMessage, *, only: str | None = None) -> None:
+        """After ``message`` became final: start dependents whose last dependency it was, or fail them."""
+        dependents = [only] if only else [
+            d.decode() if isinstance(d, bytes) else d for d in await self.redis.smembers(self.keys.dependents(message.task_id))
+        ]
+        for dependent_id in dependents:
+            if message.status == TaskStatus.COMPLETED:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.srem(self.keys.waiting_on(dependent_id), message.task_id)
+                    pipe.scard(self.keys.waiting_on(dependent_id))
+                    removed, left = await pipe.execute()
+                if not (removed and left == 0):
+                    continue
+            dependent = await self.get_task_status(dependent_id)
+            if dependent is None or dependent.status != TaskStatus.WAITING:
+                continue
+            if message.status == TaskStatus.COMPLETED:
+                dependent.status = TaskStatus.PENDING
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    self._queue_ops(pipe, dependent)
+                    await pipe.execute()
+            else:
+                dependent.status = TaskStatus.FAILED
+                dependent.completed_at = utcnow()
+                dependent.error = f"dependency {message.task_id} {message.status.value}: {message.error}"
+                await self.save_task(dependent)
 
     def _needs_routing(self, spec: TaskSpec) -> bool:
         if spec.node:
@@ -237,6 +323,14 @@ class MessageBroker:
             size = wire.json_size(payload)
         except WireError as exc:
             raise InvalidTask(f"payload is not JSON-serialisable: {exc}") from None
+        chunk = None if spec.chunk is None else list(spec.chunk)
+        if chunk is not None:
+            if not chunk or not all(isinstance(p, dict) for p in chunk):
+                raise InvalidTask("chunk must be a non-empty list of JSON objects")
+            try:
+                size += wire.json_size(chunk)
+            except WireError as exc:
+                raise InvalidTask(f"chunk is not JSON-serialisable: {exc}") from None
         if size > self.config.max_payload_bytes:
             raise InvalidTask(
                 f"payload is {size} bytes, over the limit of {self.config.max_payload_bytes} "
@@ -256,7 +350,12 @@ class MessageBroker:
         requirements.update(spec.requirements or {})
         if spec.task_id is not None and (not isinstance(spec.task_id, str) or not spec.task_id.strip()):
             raise InvalidTask(f"task_id must be a non-empty string, got {spec.task_id!r}")
+        depends_on = list(spec.depends_on or [])
+        if isinstance(spec.depends_on, str) or not all(isinstance(d, str) and d for d in depends_on):
+            raise InvalidTask(f"depends_on must be a list of task ids, got {spec.depends_on!r}")
         task_id = spec.task_id or uuid.uuid4().hex
+        if task_id in depends_on:
+            raise InvalidTask(f"task {task_id} cannot depend on itself")
         return TaskMessage(
             task_id=task_id,
             task_type=spec.task_type,
@@ -266,6 +365,8 @@ class MessageBroker:
             max_retries=retries,
             requirements=requirements,
             job_id=spec.job_id,
+            depends_on=depends_on,
+            chunk=chunk,
             engine_job_id=task_id,
         )
 
@@ -293,6 +394,10 @@ class MessageBroker:
             pipe.psetex(self.keys.task(message.task_id), ttl, data)
             pipe.rpush(self.keys.done(message.task_id), message.status.value)
             pipe.pexpire(self.keys.done(message.task_id), ttl)
+            if message.job_id:
+                events = self.keys.job_events(message.job_id)
+                pipe.xadd(events, {"task_id": message.task_id, "status": message.status.value})
+                pipe.pexpire(events, ttl)
         else:
             pipe.set(self.keys.task(message.task_id), data)
         for status in TaskStatus:
@@ -319,6 +424,8 @@ class MessageBroker:
         async with self.redis.pipeline(transaction=True) as pipe:
             self._status_ops(pipe, message)
             await pipe.execute()
+        if message.is_terminal:
+            await self._release_dependents(message)
 
     async def update_task_status(
         self,
@@ -367,6 +474,37 @@ class MessageBroker:
             if popped is not None:
                 # Put the marker back for any other waiter of the same task.
                 await self.redis.rpush(done_key, popped[1])
+
+    async def iter_job(
+        self, job_id: str, task_ids: Sequence[str], timeout: float | None = None
+    ) -> AsyncIterator[TaskMessage]:
+        """Yield each task of a map-reduce job once, as it becomes final, until all did or ``timeout`` passed.
+
+        Reads the job's event stream with a blocking XREAD, so waiting costs Redis work in proportion
+        to completions, not to the number of pending tasks.
+        """
+        wanted = set(task_ids)
+        seen: set[str] = set()
+        key = self.keys.job_events(job_id)
+        last = "0-0"
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while len(seen) < len(wanted):
+            remaining = 5.0 if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            response = await self.redis.xread({key: last}, count=1000, block=max(int(min(remaining, 5.0) * 1000), 1))
+            fresh: list[str] = []
+            for _stream, entries in response or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    raw = fields.get(b"task_id", fields.get("task_id"))
+                    task_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+                    if task_id in wanted and task_id not in seen and task_id not in fresh:
+                        fresh.append(task_id)
+            for message in await self.get_tasks(fresh):
+                if message is not None and message.is_terminal and message.task_id not in seen:
+                    seen.add(message.task_id)
+                    yield message
 
     async def cancel_task(self, task_id: str) -> bool:
         """Cancel a task that has not finished; a running one finishes its attempt but is not retried."""
@@ -433,6 +571,7 @@ class MessageBroker:
             "tasks_failed": by_status[TaskStatus.FAILED],
             "tasks_retrying": by_status[TaskStatus.RETRYING],
             "tasks_cancelled": by_status[TaskStatus.CANCELLED],
+            "tasks_waiting": by_status[TaskStatus.WAITING],
         }
 
     async def get_nodes(self, *, include_offline: bool = False) -> list[NodeInfo]:

@@ -17,7 +17,7 @@ def node_meets(node: NodeInfo, requirements: dict[str, Any]) -> bool:
     caps = node.capabilities
     for key, wanted in requirements.items():
         if key == "tags":
-            if not set(wanted) <= set(caps.get("tags", [])):
+            if not _tags(wanted) <= _tags(caps.get("tags", [])):
                 return False
         elif key == "min_free_memory_mb":
             if float(caps.get("free_memory_mb", 0)) < float(wanted):
@@ -25,6 +25,11 @@ def node_meets(node: NodeInfo, requirements: dict[str, Any]) -> bool:
         elif caps.get(key) != wanted:
             return False
     return True
+
+
+def _tags(value: Any) -> set[str]:
+    """Tags as a set; a lone string is one tag (``set("ml")`` would be the letters)."""
+    return {value} if isinstance(value, str) else set(value or ())
 
 
 def load_score(node: NodeInfo) -> float:

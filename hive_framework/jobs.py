@@ -1,0 +1,162 @@
+"""Map jobs: many items fanned out as tasks of one job, followed through the job's completion stream.
+
+Shared by :meth:`Hive.map` / :meth:`Hive.map_stream` and the seed's :class:`ParallelSkill`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .models import TaskMessage, TaskStatus
+
+if TYPE_CHECKING:
+    from .default_plugins.broker import MessageBroker
+
+
+@attrs.define(kw_only=True)
+class ItemOutcome:
+    """What became of one item of a map job."""
+
+    item_index: int
+    item: Any
+    task_id: str
+    status: str
+    result: Any = None
+    error: str | None = None
+    node: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == TaskStatus.COMPLETED.value
+
+
+def item_payload(item: Any, description: str = "") -> dict[str, Any]:
+    """The payload a task gets for one item: a dict item as it is, anything else as ``{"item": ...}``."""
+    if isinstance(item, dict):
+        return item
+    payload: dict[str, Any] = {"item": item}
+    if description:
+        payload["description"] = description
+    return payload
+
+
+class MapJob:
+    """One fan-out: submit once, then stream outcomes as they finish (each item exactly once)."""
+
+    def __init__(
+        self,
+        broker: MessageBroker,
+        task_type: str,
+        items: Sequence[Any],
+        *,
+        description: str = "",
+        chunk_size: int = 1,
+        priority: int | str | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+    ) -> None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.broker = broker
+        self.task_type = task_type
+        self.items = list(items)
+        self.description = description
+        self.chunk_size = chunk_size
+        self.priority = priority
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.job_id = uuid.uuid4().hex
+        self.task_ids: list[str] = []
+        self._indexes: dict[str, list[int]] = {}
+        self.outcomes: dict[int, ItemOutcome] = {}
+        self.started = 0.0
+
+    async def submit(self) -> list[str]:
+        from .default_plugins.broker import TaskSpec
+
+        payloads = [item_payload(item, self.description) for item in self.items]
+        specs = []
+        groups = [list(range(i, min(i + self.chunk_size, len(payloads)))) for i in range(0, len(payloads), self.chunk_size)]
+        for group in groups:
+            if self.chunk_size == 1:
+                payload, chunk = payloads[group[0]], None
+            else:
+                payload, chunk = {"chunk_of": len(group)}, [payloads[i] for i in group]
+            specs.append(
+                TaskSpec(
+                    task_type=self.task_type,
+                    payload=payload,
+                    priority=self.priority,
+                    timeout=self.timeout,
+                    max_retries=self.max_retries,
+                    job_id=self.job_id,
+                    chunk=chunk,
+                )
+            )
+        self.started = time.monotonic()
+        self.task_ids = await self.broker.enqueue_many(specs)
+        self._indexes = dict(zip(self.task_ids, groups, strict=True))
+        return self.task_ids
+
+    async def stream(self, timeout: float | None = None) -> AsyncIterator[ItemOutcome]:
+        """Yield each item's outcome once, as its task finishes; stop at ``timeout`` seconds."""
+        async for message in self.broker.iter_job(self.job_id, self.task_ids, timeout):
+            for outcome in self._outcomes_of(message):
+                if outcome.item_index not in self.outcomes:
+                    self.outcomes[outcome.item_index] = outcome
+                    yield outcome
+
+    def _outcomes_of(self, message: TaskMessage) -> list[ItemOutcome]:
+        indexes = self._indexes[message.task_id]
+        if message.chunk is None:
+            return [self._outcome(indexes[0], message, message.status.value, message.result, message.error)]
+        parts = message.result if message.status == TaskStatus.COMPLETED and isinstance(message.result, list) else None
+        outcomes = []
+        for position, index in enumerate(indexes):
+            if parts is not None and position < len(parts) and isinstance(parts[position], dict):
+                part = parts[position]
+                status = TaskStatus.COMPLETED.value if part.get("ok") else TaskStatus.FAILED.value
+                outcomes.append(self._outcome(index, message, status, part.get("result"), part.get("error")))
+            else:
+                outcomes.append(self._outcome(index, message, message.status.value, None, message.error))
+        return outcomes
+
+    def _outcome(self, index: int, message: TaskMessage, status: str, result: Any, error: str | None) -> ItemOutcome:
+        return ItemOutcome(
+            item_index=index,
+            item=self.items[index],
+            task_id=message.task_id,
+            status=status,
+            result=result,
+            error=error,
+            node=message.assigned_node,
+        )
+
+    def unfinished(self) -> list[ItemOutcome]:
+        """Items without an outcome yet, reported as pending."""
+        by_index = {i: t for t, group in self._indexes.items() for i in group}
+        return [
+            ItemOutcome(item_index=i, item=self.items[i], task_id=by_index[i], status=TaskStatus.PENDING.value)
+            for i in range(len(self.items))
+            if i not in self.outcomes
+        ]
+
+    async def cancel_unfinished(self) -> int:
+        """Cancel the tasks of every item still unfinished; returns how many tasks were cancelled."""
+        cancelled = 0
+        for outcome in self.unfinished():
+            if await self.broker.cancel_task(outcome.task_id):
+                cancelled += 1
+            outcome.status = TaskStatus.CANCELLED.value
+            outcome.error = "cancelled: unfinished when the wait timed out"
+            self.outcomes[outcome.item_index] = outcome
+        return cancelled
+
+    def ordered(self) -> list[ItemOutcome]:
+        """Every item's outcome (finished or pending) in input order."""
+        return sorted([*self.outcomes.values(), *self.unfinished()], key=lambda o: o.item_index)
