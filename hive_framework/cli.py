@@ -227,6 +227,82 @@ def broadcast(state: State, command: str, data: str | None, targets: tuple[str, 
     _run(go())
 
 
+def read_items(stream: Any) -> list[Any]:
+    """Items from a JSON array, or one per line (a JSON value, or else the line as a string)."""
+    text = stream.read()
+    stripped = text.strip()
+    if stripped.startswith("["):
+        try:
+            items = json.loads(stripped)
+        except ValueError as exc:
+            raise click.BadParameter(f"not a valid JSON array: {exc}", param_hint="FILE") from None
+        return list(items)
+    items = []
+    for line in stripped.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            items.append(json.loads(line))
+        except ValueError:
+            items.append(line)
+    return items
+
+
+@cli.command("map")
+@click.argument("task_type")
+@click.argument("source", type=click.File("r"), metavar="FILE|-")
+@click.option("--priority", help="high_priority, background or 0-10.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=1, show_default=True, help="Items per task.")
+@click.option("--timeout", type=float, default=None, help="Stop waiting after this many seconds.")
+@click.option("--reducer", help="Reduce the results with this reducer (collect, sum, count, merge...).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_state
+def map_cmd(
+    state: State, task_type: str, source: Any, priority: str | None, chunk_size: int, timeout: float | None,
+    reducer: str | None, as_json: bool,
+) -> None:
+    """Run TASK_TYPE once per item of FILE (a JSON array or one item per line; - for stdin)."""
+    from .jobs import MapJob
+
+    items = read_items(source)
+    if not items:
+        raise click.ClickException("no items to map (the input is empty)")
+
+    async def go() -> list[Any]:
+        kernel = state.kernel()
+        async with kernel.create_broker() as broker:
+            job = MapJob(broker, task_type, items, chunk_size=chunk_size, priority=priority)
+            await job.submit()
+            failed = 0
+            with click.progressbar(length=len(items), label=f"{task_type}", file=sys.stderr, show_pos=True,
+                                   show_eta=True, item_show_func=lambda s: s) as bar:
+                async for outcome in job.stream(timeout):
+                    failed += not outcome.ok
+                    rate = len(job.outcomes) / max(time.monotonic() - job.started, 1e-6)
+                    bar.update(1, f"done {len(job.outcomes) - failed} failed {failed} "
+                                  f"pending {len(items) - len(job.outcomes)} {rate:.1f}/s")
+            outcomes = job.ordered()
+            reduced = kernel.reduce(reducer, [o.result for o in outcomes if o.ok]) if reducer else None
+            return [outcomes, reduced]
+
+    outcomes, reduced = _run(go())
+    if as_json:
+        from .default_plugins.mapreduce import summarize
+
+        _echo_json({"summary": summarize(outcomes, 0.0), "results": [wire.to_plain(o) for o in outcomes],
+                    "reduced": reduced})
+    else:
+        click.echo(f"{'#':>5}  {'status':<10} {'node':<20} result / error")
+        for o in outcomes:
+            shown = json.dumps(o.result, default=str) if o.ok else (o.error or "")
+            click.echo(f"{o.item_index:>5}  {o.status:<10} {o.node or '-':<20.20} {shown[:100]}")
+        if reducer:
+            click.echo(f"reduced ({reducer}): {json.dumps(reduced, default=str)}")
+    if any(not o.ok for o in outcomes):
+        sys.exit(1)
+
+
 @cli.command()
 @click.option("--all", "show_all", is_flag=True, help="Include the built-in default plugins.")
 @click.option("--hook", help="Only plugins implementing this hook.")
