@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import click
@@ -86,9 +86,13 @@ def _setup_logging(level: str) -> None:
 @click.option("--redis-url", envvar=None, help="Redis URL (overrides REDIS_URL and REDIS_HOST/PORT).")
 @click.option("--app", "apps", multiple=True, help="Module with task types to load (repeatable).")
 @click.option("--config", "toml_file", type=click.Path(dir_okay=False), help="TOML settings file.")
-@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
+)
 @click.pass_context
-def cli(ctx: click.Context, redis_url: str | None, apps: tuple[str, ...], toml_file: str | None, log_level: str) -> None:
+def cli(
+    ctx: click.Context, redis_url: str | None, apps: tuple[str, ...], toml_file: str | None, log_level: str
+) -> None:
     """hive-framework: run spores, submit tasks and watch the cluster."""
     overrides: dict[str, Any] = {}
     if redis_url:
@@ -114,7 +118,9 @@ def cli(ctx: click.Context, redis_url: str | None, apps: tuple[str, ...], toml_f
 @click.option("--app", "apps", multiple=True, help="Module with task types to load (repeatable).")
 @click.option("--tag", "tags", multiple=True, help="Capability tag this node offers (repeatable).")
 @pass_state
-def spore(state: State, name: str | None, concurrency: int | None, apps: tuple[str, ...], tags: tuple[str, ...]) -> None:
+def spore(
+    state: State, name: str | None, concurrency: int | None, apps: tuple[str, ...], tags: tuple[str, ...]
+) -> None:
     """Run a worker node until SIGTERM, Ctrl-C or a SHUTDOWN broadcast."""
     from .spore import Spore
 
@@ -227,6 +233,91 @@ def broadcast(state: State, command: str, data: str | None, targets: tuple[str, 
     _run(go())
 
 
+@cli.command()
+@pass_state
+def nexus(state: State) -> None:
+    """Run the master: Foreman's cluster view and the watchdog (zombies, stranded tasks, dead letters)."""
+    from .nexus import Nexus
+
+    _run(Nexus(state.kernel()).run())
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_state
+def status(state: State, as_json: bool) -> None:
+    """Show the cluster: nodes (online and lost), their load, and the queues."""
+    from .default_plugins.foreman import ForemanAgent
+
+    async def go() -> dict[str, Any]:
+        async with state.kernel().create_broker() as broker:
+            foreman = ForemanAgent(broker)
+            await foreman.refresh()
+            cluster = foreman.get_cluster_status()
+            cluster["queues"] = await broker.get_queue_stats()
+            return cluster
+
+    cluster = _run(go())
+    if as_json:
+        _echo_json(cluster)
+        return
+    click.echo(
+        f"nodes {cluster['online_nodes']}/{cluster['total_nodes']} online   avg cpu {cluster['avg_cpu_usage']}%   "
+        f"avg mem {cluster['avg_memory_usage']}%   active tasks {cluster['total_active_tasks']}"
+    )
+    click.echo(f"{'node':<28} {'state':<8} {'cpu%':>6} {'mem%':>6} {'tasks':>5} {'load':>7}  capabilities")
+    for n in cluster["nodes"]:
+        state_label = ("paused" if n["paused"] else "online") if n["is_online"] else "OFFLINE"
+        caps = {k: v for k, v in n["capabilities"].items() if v and k not in ("free_memory_mb", "cpu_count")}
+        click.echo(f"{n['node_name']:<28.28} {state_label:<8} {n['cpu_usage']:>6.1f} {n['memory_usage']:>6.1f} "
+                   f"{n['active_tasks']:>5} {n['load_score']:>7.2f}  {json.dumps(caps)}")
+    click.echo("queues: " + ", ".join(f"{k}={v}" for k, v in cluster["queues"].items()))
+
+
+@cli.command()
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_state
+def dead(state: State, limit: int, as_json: bool) -> None:
+    """List the dead-letter tasks: failed for good, after their retries."""
+
+    async def go() -> list[Any]:
+        async with state.kernel().create_broker() as broker:
+            return list(await broker.dead_letters(limit))
+
+    letters = _run(go())
+    if as_json:
+        _echo_json([wire.to_plain(m) for m in letters])
+        return
+    if not letters:
+        click.echo("no dead letters")
+    for m in letters:
+        click.echo(f"{m.task_id}  {m.task_type:<20.20} attempts {m.attempt}  {m.error}")
+
+
+@cli.command()
+@click.argument("task_ids", nargs=-1)
+@click.option("--all-dead", is_flag=True, help="Retry every dead-letter task.")
+@pass_state
+def retry(state: State, task_ids: tuple[str, ...], all_dead: bool) -> None:
+    """Run failed (or stuck) tasks again from scratch, under fresh engine jobs."""
+    if not task_ids and not all_dead:
+        raise click.UsageError("name TASK_ID(s) or pass --all-dead")
+
+    async def go() -> list[tuple[str, bool]]:
+        async with state.kernel().create_broker() as broker:
+            ids = list(task_ids)
+            if all_dead:
+                ids += [m.task_id for m in await broker.dead_letters(limit=100_000)]
+            return [(t, await broker.retry_task(t)) for t in ids]
+
+    outcome = _run(go())
+    for task_id, ok in outcome:
+        click.echo(f"{task_id}  {'requeued' if ok else 'not retried (unknown or already completed)'}")
+    if any(not ok for _, ok in outcome):
+        sys.exit(1)
+
+
 def read_items(stream: Any) -> list[Any]:
     """Items from a JSON array, or one per line (a JSON value, or else the line as a string)."""
     text = stream.read()
@@ -318,12 +409,19 @@ def plugins(state: State, show_all: bool, hook: str | None) -> None:
 @click.option("--app", "apps", multiple=True, help="Module with task types for the spores (repeatable).")
 @click.option("--embedded", type=click.Choice(["auto", "always", "redis-server", "fakeredis"]), default="auto",
               show_default=True, help="auto: use a configured or default Redis if one answers, else start one.")
+@click.option("--no-nexus", is_flag=True, help="Do not start a nexus (watchdog) process.")
 @pass_state
-def up(state: State, spores: int, concurrency: int | None, apps: tuple[str, ...], embedded: str) -> None:
+def up(state: State, spores: int, concurrency: int | None, apps: tuple[str, ...], embedded: str,
+       no_nexus: bool) -> None:
     """Start Redis (if needed) and N local spores; Ctrl-C stops them all cleanly."""
-    with LocalCluster(state.config(), spores=spores, concurrency=concurrency, apps=apps, embedded=embedded) as local:
+    # SIGTERM (a process manager's stop) takes Ctrl-C's clean path; by default it killed only this
+    # process, orphaning the spores (and, with an embedded Redis, cutting them off mid-task).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with LocalCluster(state.config(), spores=spores, concurrency=concurrency, apps=apps, embedded=embedded,
+                      nexus=not no_nexus) as local:
         click.echo(f"hive up: Redis is {local.redis_description}")
-        click.echo(f"hive up: {spores} spore(s) running; REDIS_URL={local.safe_url}  (Ctrl-C to stop)")
+        click.echo(f"hive up: {spores} spore(s){'' if no_nexus else ' and a nexus'} running; "
+                   f"REDIS_URL={local.safe_url}  (Ctrl-C to stop)")
         try:
             local.wait()
         except KeyboardInterrupt:
@@ -343,7 +441,9 @@ class LocalCluster:
         embedded: str = "auto",
         extra_env: dict[str, str] | None = None,
         quiet: bool = False,
+        nexus: bool = False,
     ) -> None:
+        self.nexus = nexus
         self.config = config
         self.spores = spores
         self.concurrency = concurrency
@@ -379,6 +479,9 @@ class LocalCluster:
                 argv += ["--concurrency", str(self.concurrency)]
             for app in self.apps:
                 argv += ["--app", app]
+            self.procs.append(subprocess.Popen(argv, env=env))
+        if self.nexus:
+            argv = [sys.executable, "-m", "hive_framework", "--log-level", "warning" if self.quiet else "info", "nexus"]
             self.procs.append(subprocess.Popen(argv, env=env))
         return self
 
@@ -419,11 +522,11 @@ def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="hive")
 
 
-def run_coro(func: Callable[..., Awaitable[T]]) -> Callable[..., T]:
+def run_coro(func: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
     """Decorator for plugin commands: run an async click callback with ``asyncio.run``."""
 
     def wrapper(*args: Any, **kwargs: Any) -> T:
-        return asyncio.run(func(*args, **kwargs))  # type: ignore[arg-type]
+        return asyncio.run(func(*args, **kwargs))
 
     wrapper.__name__ = func.__name__
     wrapper.__doc__ = func.__doc__

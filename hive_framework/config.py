@@ -45,13 +45,13 @@ def _port(inst: Any, attribute: attrs.Attribute[Any], value: int) -> None:
 def _redis_url(inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     if not value:
         return
-    parts = urlsplit(value)
-    if parts.scheme not in {"redis", "rediss", "unix"}:
-        raise ValueError(f"{_label(attribute)} must start with redis://, rediss:// or unix://, got {mask_url(value)!r}")
     try:
+        parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
-        raise ValueError(f"{_label(attribute)} has a bad port: {exc}") from None
+        raise ValueError(f"{_label(attribute)} is not a valid URL: {exc}") from None
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError(f"{_label(attribute)} must start with redis://, rediss:// or unix://, got {mask_url(value)!r}")
 
 
 def _setting(default: Any, env: str, doc: str, validator: Any = None) -> Any:
@@ -98,7 +98,21 @@ class HiveConfig:
         10.0, "HIVE_SHUTDOWN_GRACE", "On SIGTERM, wait this long for running tasks, then requeue.", _non_negative
     )
     result_ttl: float = _setting(86400.0, "HIVE_RESULT_TTL", "How long finished tasks are kept.", _positive)
-    node_name: str = _setting("", "HIVE_NODE_NAME", "Spore name (default: host name and pid).")
+    node_name: str = _setting("", "HIVE_NODE_NAME", "Spore name and id (default: host name + a persisted id).")
+    node_tags: tuple[str, ...] = _setting(
+        (), "HIVE_NODE_TAGS", "Capability tags this spore declares (comma separated)."
+    )
+    code_version: str = _setting("", "HIVE_CODE_VERSION", "Version of the code a spore runs (shown in status).")
+    state_dir: str = _setting(
+        "", "HIVE_STATE_DIR", "Where a spore keeps its node id (default: ~/.local/state/hive-framework)."
+    )
+    balancer: str = _setting("load_score", "HIVE_BALANCER", "Balancing strategy: a route_task plugin's name.")
+    balancer_weights: tuple[float, float, float] = _setting(
+        (0.4, 0.3, 0.3), "HIVE_BALANCER_WEIGHTS", "load_score weights for cpu, memory and tasks (comma separated)."
+    )
+    watchdog_interval: float = _setting(
+        5.0, "HIVE_WATCHDOG_INTERVAL", "How often the nexus looks for zombies and stranded tasks, seconds.", _positive
+    )
     apps: tuple[str, ...] = _setting((), "HIVE_APP", "Modules with task types to load (comma separated).")
     disable_plugins: tuple[str, ...] = _setting((), "HIVE_DISABLE_PLUGINS", "Plugin names to block.")
     load_plugins: tuple[str, ...] | None = _setting(
@@ -141,7 +155,7 @@ class HiveConfig:
             if isinstance(value, bool):
                 env[name] = "true" if value else "false"
             elif isinstance(value, tuple):
-                env[name] = ",".join(value)
+                env[name] = ",".join(str(v) for v in value)
             else:
                 env[name] = str(value)
         return env
@@ -187,9 +201,13 @@ ENV_NAMES: dict[str, str] = {
 
 def mask_url(url: str) -> str:
     """Replace the password in a URL with ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:  # unparseable (a stray '['): hide whatever may be credentials
+        scheme, sep, rest = url.partition("://")
+        return f"{scheme}{sep}***@{rest.rpartition('@')[2]}" if "@" in rest else url
     # Keep the host part as written (IPv6 brackets, port) and replace only the credentials.
     host = parts.netloc.rpartition("@")[2]
     user = parts.username or ""
@@ -240,7 +258,18 @@ _PARSERS: dict[str, Any] = {
     "str": _to_str,
     "tuple[str, ...]": _to_names,
     "tuple[str, ...] | None": lambda v, _: None if v is None else _to_names(v, None),
+    "tuple[float, float, float]": lambda v, _: _to_weights(v),
 }
+
+
+def _to_weights(value: Any) -> tuple[float, float, float]:
+    parts = _to_names(value, None) if isinstance(value, str) else tuple(value)
+    if len(parts) != 3:
+        raise ValueError(f"expected three numbers (cpu, memory, tasks), got {value!r}")
+    weights = tuple(_to_float(p, None) for p in parts)
+    if any(w < 0 for w in weights):
+        raise ValueError(f"weights must be >= 0, got {value!r}")
+    return (weights[0], weights[1], weights[2])
 
 
 def _from_env(env: Mapping[str, str], *, source: str) -> dict[str, Any]:
@@ -260,12 +289,26 @@ def _read_toml(path: Path) -> dict[str, Any]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    section = data.get("hive", data)
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from exc
+    if "hive" not in data:
+        return dict(data)
+    section = data["hive"]
     if not isinstance(section, dict):
         raise ConfigError(f"config file {path}: [hive] must be a table")
-    return dict(section)
+    values = dict(section)
+    for key, value in data.items():
+        if key == "plugins" and "plugins" not in values:
+            values["plugins"] = value  # [plugins.NAME] beside [hive]
+        elif key != "hive":
+            # Never drop a setting silently: next to [hive], only [plugins.NAME] tables belong.
+            raise ConfigError(
+                f"unknown top-level key {key!r} in config file {path}; put settings under [hive] "
+                "and plugin settings under [plugins.NAME]"
+            )
+    return values
 
 
 def _build(values: dict[str, Any], *, source: str) -> HiveConfig:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -49,7 +50,7 @@ def demo(path: Path, spores: int, limit: int) -> None:
 
 
 async def _count(url: str, env: dict[str, str], files: list[Path], spores: int, root: Path) -> None:
-    settings = {
+    settings: dict[str, Any] = {
         "key_prefix": env["HIVE_KEY_PREFIX"],
         "high_priority_queue": env["HIVE_HIGH_PRIORITY_QUEUE"],
         "background_queue": env["HIVE_BACKGROUND_QUEUE"],
@@ -74,7 +75,8 @@ async def _count(url: str, env: dict[str, str], files: list[Path], spores: int, 
     click.echo(f"\n{'file':<48} {'lines':>7} {'words':>8}  top words")
     for o in biggest:
         r = o.result
-        click.echo(f"{str(Path(r['path']).relative_to(root)):<48.48} {r['lines']:>7} {r['words']:>8}  {', '.join(r['top'])}")
+        name = Path(r["path"]).relative_to(root)
+        click.echo(f"{name!s:<48.48} {r['lines']:>7} {r['words']:>8}  {', '.join(r['top'])}")
     click.echo(
         f"\n{len(done)} of {len(files)} files, {sum(o.result['words'] for o in done)} words in {elapsed:.2f}s; "
         f"tasks per spore: {per_node}; failed: {len(failed)}"

@@ -113,7 +113,9 @@ class Hive:
             pass
         missing = job.unfinished()
         if missing:
-            raise WaitTimeout(f"{len(missing)} of {len(job.items)} items unfinished after {timeout}s (job {job.job_id})")
+            raise WaitTimeout(
+                f"{len(missing)} of {len(job.items)} items unfinished after {timeout}s (job {job.job_id})"
+            )
         results: list[Any] = []
         for outcome in job.ordered():
             if outcome.ok:

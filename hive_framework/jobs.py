@@ -81,7 +81,8 @@ class MapJob:
 
         payloads = [item_payload(item, self.description) for item in self.items]
         specs = []
-        groups = [list(range(i, min(i + self.chunk_size, len(payloads)))) for i in range(0, len(payloads), self.chunk_size)]
+        size = self.chunk_size
+        groups = [list(range(i, min(i + size, len(payloads)))) for i in range(0, len(payloads), size)]
         for group in groups:
             if self.chunk_size == 1:
                 payload, chunk = payloads[group[0]], None

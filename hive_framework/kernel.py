@@ -48,6 +48,7 @@ class Kernel:
         check_plugins(self.pm)
         self.task_types: dict[str, TaskType] = {}
         self._collect_task_types()
+        self._route_caller = self._router()
 
     # --- plugins and task types ---------------------------------------------------------------------
 
@@ -91,6 +92,7 @@ class Kernel:
     def unregister_plugin(self, plugin: Any) -> None:
         self.pm.unregister(plugin)
         self._collect_task_types()
+        self._route_caller = self._router()
 
     def _collect_task_types(self) -> None:
         found: dict[str, TaskType] = {}
@@ -107,7 +109,7 @@ class Kernel:
             found[task_type.name] = task_type
             owners[task_type.name] = owner
 
-        for name, plugin in self.pm.list_name_plugin():
+        for name, plugin in self._plugins():
             for value in _module_attrs(plugin):
                 if isinstance(value, TaskType):
                     add(value, name)
@@ -134,8 +136,12 @@ class Kernel:
             return None
         raise UnknownTaskType(name, [*self.task_types, *remote])
 
+    def _plugins(self) -> list[tuple[str, Any]]:
+        """Registered ``(name, plugin)`` pairs; pluggy also lists blocked names, with ``None``, which are left out."""
+        return [(name, plugin) for name, plugin in self.pm.list_name_plugin() if plugin is not None]
+
     def plugin_names(self) -> list[str]:
-        return sorted(name for name, _ in self.pm.list_name_plugin())
+        return sorted(name for name, _ in self._plugins())
 
     def describe_plugins(self, *, include_defaults: bool = False, hook: str | None = None) -> list[dict[str, Any]]:
         """What ``hive plugins`` prints: name, version, hooks and task types of each plugin."""
@@ -143,7 +149,7 @@ class Kernel:
 
         defaults = {name for name, _ in DEFAULT_PLUGINS}
         rows = []
-        for name, plugin in sorted(self.pm.list_name_plugin()):
+        for name, plugin in sorted(self._plugins(), key=lambda item: item[0]):
             if name in defaults and not include_defaults:
                 continue
             hooks = sorted(c.name for c in self.pm.get_hookcallers(plugin) or [])
@@ -162,14 +168,43 @@ class Kernel:
     # --- hook calls -----------------------------------------------------------------------------------
 
     def create_broker(self) -> MessageBroker:
-        broker = self.pm.hook.create_broker(kernel=self)
+        broker: MessageBroker | None = self.pm.hook.create_broker(kernel=self)
         if broker is None:
             raise PluginError("no plugin implements create_broker (is the 'broker' plugin disabled?)")
-        return broker  # type: ignore[no-any-return]
+        return broker
+
+    def balancers(self) -> list[str]:
+        """Names of the plugins that implement ``route_task`` (the strategies ``HIVE_BALANCER`` may name)."""
+        return sorted(impl.plugin_name for impl in self.pm.hook.route_task.get_hookimpls())
+
+    def _router(self) -> Any:
+        """A ``route_task`` caller reaching only the strategy named by ``HIVE_BALANCER``."""
+        wanted = self.config.balancer
+        impls = self.pm.hook.route_task.get_hookimpls()
+        chosen = [impl.plugin for impl in impls if impl.plugin_name == wanted]
+        if not chosen:
+            raise PluginError(
+                f"HIVE_BALANCER names {wanted!r}, which is not an installed strategy; "
+                f"installed: {', '.join(self.balancers()) or 'none'}"
+            )
+        return self._only(chosen[0], "route_task")
 
     def route(self, task: TaskMessage, nodes: list[NodeInfo]) -> str | None:
-        """The node that should run ``task`` (or ``None`` for the shared queues)."""
-        node: str | None = self.pm.hook.route_task(task=task, nodes=nodes, config=self.config)
+        """The node the configured strategy picks for ``task``, among eligible nodes only; ``None`` if none fits.
+
+        Eligible: not paused, meeting ``task.requirements``. The strategy's answer is checked: a node
+        outside that list is refused with :class:`PluginError` naming the strategy.
+        """
+        from .default_plugins.foreman import node_meets
+
+        eligible = [n for n in nodes if not n.paused and node_meets(n, task.requirements)]
+        if not eligible:
+            return None
+        node: str | None = self._route_caller(task=task, nodes=eligible, config=self.config)
+        if node is not None and node not in {n.node_id for n in eligible}:
+            raise PluginError(
+                f"balancer {self.config.balancer!r} picked {node!r}, which is not an eligible online node"
+            )
         return node
 
     async def execute(self, task: TaskMessage, context: TaskContext) -> Any:

@@ -68,6 +68,26 @@ class Keys:
         """List of :class:`BroadcastReply` for one broadcast."""
         return f"{self.prefix}:reply:{message_id}"
 
+    @property
+    def node_infos(self) -> str:
+        """Hash node_id -> last :class:`NodeInfo` JSON (kept after the node key expires, to show it offline)."""
+        return f"{self.prefix}:nodeinfo"
+
+    @property
+    def unrouted(self) -> str:
+        """Sorted set of tasks waiting for a node that meets their requirements, scored by arrival."""
+        return f"{self.prefix}:unrouted"
+
+    @property
+    def dead_letters(self) -> str:
+        """Sorted set of tasks that failed for good (after their retries), scored by when."""
+        return f"{self.prefix}:dead"
+
+    @property
+    def nexus_leader(self) -> str:
+        """Lease held by the nexus whose watchdog acts (one at a time)."""
+        return f"{self.prefix}:nexus:leader"
+
     def node_queue(self, node_id: str) -> str:
         """Queue read only by one node (tasks assigned to it)."""
         return f"{self.prefix}:tasks:node:{node_id}"

@@ -72,6 +72,8 @@ class TaskMessage:
     depends_on: list[str] = attrs.field(factory=list)
     #: When set, the task runs its type once per payload here (map-reduce ``chunk_size``); result is a list.
     chunk: list[dict[str, Any]] | None = None
+    #: Why the task is in its status, when that needs saying (e.g. waiting for a node with a GPU).
+    reason: str | None = None
     #: ARQ job that carries this task now; a manual retry gets a fresh one so ARQ never drops it.
     engine_job_id: str = ""
 

@@ -18,11 +18,14 @@ logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "hive_framework.plugins"
 
-#: Built-in plugins, registered through the same ``pm.register`` as third-party ones.
+#: Built-in plugins (``module`` or ``module:object``), registered through the same ``pm.register`` as
+#: third-party ones. The three balancers are strategies; ``HIVE_BALANCER`` picks one.
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("tasks", "hive_framework.default_plugins.tasks"),
     ("broker", "hive_framework.default_plugins.broker"),
-    ("foreman", "hive_framework.default_plugins.foreman"),
+    ("load_score", "hive_framework.default_plugins.foreman:load_score_balancer"),
+    ("least_tasks", "hive_framework.default_plugins.foreman:least_tasks_balancer"),
+    ("round_robin", "hive_framework.default_plugins.foreman:round_robin_balancer"),
     ("mapreduce", "hive_framework.default_plugins.mapreduce"),
     ("control", "hive_framework.default_plugins.control"),
 )
@@ -41,9 +44,11 @@ def make_plugin_manager(config: HiveConfig, *, load_entry_points: bool = True) -
         if name in ESSENTIAL_PLUGINS:
             raise PluginError(f"plugin {name!r} is essential and cannot be disabled")
         pm.set_blocked(name)
-    for name, module_path in DEFAULT_PLUGINS:
+    for name, path in DEFAULT_PLUGINS:
         if not pm.is_blocked(name):
-            pm.register(importlib.import_module(module_path), name=name)
+            module_path, _, attr = path.partition(":")
+            module = importlib.import_module(module_path)
+            pm.register(getattr(module, attr) if attr else module, name=name)
     if load_entry_points:
         _load_entry_points(pm, config)
     check_plugins(pm)
@@ -83,7 +88,7 @@ def check_plugins(pm: pluggy.PluginManager) -> None:
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(str(exc)) from exc
+        raise PluginError(f"plugin {pm.get_name(exc.plugin)!r}: {exc}") from exc
     for hook_name in FIRST_RESULT_HOOKS:
         caller = getattr(pm.hook, hook_name, None)
         if caller is None:

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+import shutil
 import signal
 import socket
+import uuid
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import attrs
 import psutil
+from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.worker import Retry, Worker, func
 from redis.asyncio import Redis
@@ -36,7 +41,7 @@ logger = logging.getLogger(__name__)
 _ENGINE_TIMEOUT_S = 7 * 86400
 
 
-class HiveWorker(Worker):  # type: ignore[misc]
+class HiveWorker(Worker):
     """ARQ's worker serving several queues: it starts a job from a lower queue only when no higher one has work.
 
     Only the parts of ARQ that assume a single queue are replaced: polling, starting and finishing
@@ -50,7 +55,7 @@ class HiveWorker(Worker):  # type: ignore[misc]
         super().__init__(
             functions=[func(spore.run_task_job, name=RUN_FUNCTION, timeout=_ENGINE_TIMEOUT_S, max_tries=10**9)],
             queue_name=queues[0],
-            redis_pool=redis,
+            redis_pool=cast(ArqRedis, redis),  # ARQ only uses plain Redis commands of its pool here
             handle_signals=False,
             max_jobs=spore.concurrency,
             job_timeout=_ENGINE_TIMEOUT_S,
@@ -116,10 +121,10 @@ class HiveWorker(Worker):  # type: ignore[misc]
             self.job_counter += 1
             self._job_queue[job_id] = queue
             job = self.loop.create_task(self.run_job(job_id, int(score)))
-            job.add_done_callback(lambda _t, _id=job_id: self._job_done(_id))
+            job.add_done_callback(functools.partial(self._job_done, job_id))
             self.tasks[job_id] = job
 
-    def _job_done(self, job_id: str) -> None:
+    def _job_done(self, job_id: str, _task: object = None) -> None:
         self.job_counter -= 1
         self._job_queue.pop(job_id, None)
         self._wake.set()
@@ -169,6 +174,29 @@ def default_node_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+def persisted_node_name(state_dir: str = "") -> str:
+    """``host-xxxxxxxx``, the same across restarts: the suffix is kept in the state directory."""
+    base = Path(state_dir) if state_dir else Path.home() / ".local" / "state" / "hive-framework"
+    path = base / "node-id"
+    try:
+        suffix = path.read_text().strip()
+    except OSError:
+        suffix = ""
+    if not suffix:
+        suffix = uuid.uuid4().hex[:8]
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            path.write_text(suffix + "\n")
+        except OSError:
+            return default_node_name()
+    return f"{socket.gethostname()}-{suffix}"
+
+
+def detect_gpu() -> bool:
+    """Best-effort GPU detection without importing heavy libraries: NVIDIA or AMD (ROCm) device nodes."""
+    return any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/kfd")) or shutil.which("nvidia-smi") is not None
+
+
 class Spore:
     """One worker node. ``await Spore(kernel).run()`` serves until SIGTERM, SIGINT or a SHUTDOWN broadcast."""
 
@@ -182,10 +210,12 @@ class Spore:
     ) -> None:
         self.kernel = kernel
         self.config = kernel.config
-        self.node_name = name or self.config.node_name or default_node_name()
+        self._named = bool(name or self.config.node_name)
+        self.node_name = name or self.config.node_name or persisted_node_name(self.config.state_dir)
         self.node_id = self.node_name
         self.concurrency = concurrency or self.config.concurrency
         self.capabilities = dict(capabilities or {})
+        self._gpu = detect_gpu()
         self.broker = kernel.create_broker()
         self.worker: Any = None
         self.paused = False
@@ -225,6 +255,7 @@ class Spore:
         loop.set_default_executor(ThreadPoolExecutor(max_workers=self.concurrency + 4, thread_name_prefix="hive-task"))
         if not self.broker.is_connected:
             await self.broker.connect()
+        await self._claim_node_id()
         self.worker = self.broker.create_worker(self)
         if self.paused:
             self.worker.allow_pick_jobs = False
@@ -260,7 +291,9 @@ class Spore:
         poll.cancel()
         running = [t for t in self.worker.tasks.values() if not t.done()]
         if running:
-            self.log.info("stopping: waiting up to %ss for %d running task(s)", self.config.shutdown_grace, len(running))
+            self.log.info(
+                "stopping: waiting up to %ss for %d running task(s)", self.config.shutdown_grace, len(running)
+            )
             _, pending = await asyncio.wait(running, timeout=self.config.shutdown_grace)
             for job in pending:
                 job.cancel()
@@ -276,9 +309,29 @@ class Spore:
             async with self.broker.redis.pipeline(transaction=True) as pipe:
                 pipe.delete(self.kernel.keys.node(self.node_id))
                 pipe.srem(self.kernel.keys.nodes, self.node_id)
+                pipe.hdel(self.kernel.keys.node_infos, self.node_id)
                 await pipe.execute()
         await self.broker.disconnect()
         self.log.info("spore %s stopped", self.node_name)
+
+    async def _claim_node_id(self) -> None:
+        """Two unnamed live spores must not share an id: if another process beats under ours, add our pid.
+
+        A spore given ``--name`` keeps it (a restart after a crash takes its old place).
+        """
+        if self._named:
+            return
+        raw = await self.broker.redis.get(self.kernel.keys.node(self.node_id))
+        if raw is None:
+            return
+        try:
+            other = wire.loads(raw, NodeInfo)
+        except WireError:
+            return
+        if (other.host, other.pid) != (socket.gethostname(), os.getpid()):
+            self.log.warning("node id %s is in use by pid %s on %s; using %s-%s", self.node_id, other.pid,
+                             other.host, self.node_id, os.getpid())
+            self.node_id = self.node_name = f"{self.node_id}-{os.getpid()}"
 
     # --- running one task ------------------------------------------------------------------------------
 
@@ -295,7 +348,8 @@ class Spore:
         if message.attempt > message.max_retries + 1:
             message.status = TaskStatus.FAILED
             message.completed_at = utcnow()
-            message.error = (message.error or "the spore running it was lost") + f" (gave up after {message.attempt - 1} attempts)"
+            lost = message.error or "the spore running it was lost"
+            message.error = f"{lost} (gave up after {message.attempt - 1} attempts)"
             await broker.save_task(message)
             return
         message.status = TaskStatus.RUNNING
@@ -379,9 +433,11 @@ class Spore:
     def node_info(self) -> NodeInfo:
         memory = psutil.virtual_memory()
         capabilities = {
+            "gpu": self._gpu,
             "free_memory_mb": round(memory.available / 2**20),
             "cpu_count": psutil.cpu_count() or 1,
-            **self.capabilities,
+            "tags": sorted({*self.config.node_tags, *self.capabilities.get("tags", [])}),
+            **{k: v for k, v in self.capabilities.items() if k != "tags"},
         }
         return NodeInfo(
             node_id=self.node_id,
@@ -399,13 +455,16 @@ class Spore:
             task_types=sorted(self.kernel.task_types),
             plugins=self.kernel.plugin_names(),
             hive_version=__version__,
+            code_version=self.config.code_version,
         )
 
     async def _beat(self) -> None:
         ttl = max(self.config.heartbeat_interval * 3, 1.0)
+        info = wire.dumps(self.node_info())
         async with self.broker.redis.pipeline(transaction=True) as pipe:
-            pipe.psetex(self.kernel.keys.node(self.node_id), int(ttl * 1000), wire.dumps(self.node_info()))
+            pipe.psetex(self.kernel.keys.node(self.node_id), int(ttl * 1000), info)
             pipe.sadd(self.kernel.keys.nodes, self.node_id)
+            pipe.hset(self.kernel.keys.node_infos, self.node_id, info)
             await pipe.execute()
 
     async def _heartbeat_loop(self) -> None:

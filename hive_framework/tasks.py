@@ -39,7 +39,7 @@ class TaskType:
 
     @name.validator
     def _check_name(self, attribute: attrs.Attribute[str], value: str) -> None:
-        if not TASK_NAME_RE.match(value):
+        if not TASK_NAME_RE.fullmatch(value):  # match() would let a trailing newline through ('$')
             raise ValueError(f"bad task type name {value!r}: use letters, digits, '_', '.', ':' or '-'")
 
     @property
@@ -135,4 +135,7 @@ class TaskContext:
         if not ids:
             return {}
         raws = await self.redis.mget([self.kernel.keys.task(t) for t in ids])
-        return {t: (wire.loads(r, TaskMessage).result if r is not None else None) for t, r in zip(ids, raws, strict=True)}
+        return {
+            t: (wire.loads(r, TaskMessage).result if r is not None else None)
+            for t, r in zip(ids, raws, strict=True)
+        }

@@ -209,7 +209,7 @@ async def run_spore(hive_kernel: Kernel) -> AsyncIterator[Callable[..., Awaitabl
         return node
 
     yield start
-    for node, runner in started:
+    for node, _ in started:
         node.request_stop()
     for _, runner in started:
         with contextlib.suppress(Exception):

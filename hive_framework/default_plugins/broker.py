@@ -8,16 +8,15 @@ higher level gets a lower ARQ score, so it is read first.
 
 from __future__ import annotations
 
-import asyncio
 import graphlib
 import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import attrs
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
@@ -26,6 +25,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import WatchError
 
 from .. import wire
 from ..errors import BrokerNotConnected, InvalidTask, RedisUnavailable, WaitTimeout, WireError
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from ..spore import Spore
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: The one ARQ function every hive job calls; its only argument is the task id.
 RUN_FUNCTION = "hive.run"
@@ -54,6 +55,22 @@ PRIORITY_STEP_MS = 10**12
 _FAILED_STATES = (TaskStatus.FAILED, TaskStatus.CANCELLED)
 #: How long a broadcast's replies are kept.
 REPLY_TTL_S = 60
+
+
+def _awaited(value: Awaitable[T] | T) -> Awaitable[T]:
+    """A redis-py command typed as awaitable: its stubs say ``Awaitable[T] | T``; on ``redis.asyncio`` it always is."""
+    return cast("Awaitable[T]", value)
+
+
+async def _blpop(redis: Redis, key: str, timeout: float) -> tuple[bytes, bytes] | None:
+    """``BLPOP key timeout`` with a fractional timeout in seconds (Redis 6+ takes one; redis-py's stubs say int)."""
+    popped: tuple[bytes, bytes] | None = await redis.execute_command("BLPOP", key, timeout)
+    return popped
+
+
+def _text(values: Iterable[bytes | str]) -> list[str]:
+    """Members or keys read from Redis, as ``str``."""
+    return [v.decode() if isinstance(v, bytes) else v for v in values]
 
 
 def parse_priority(priority: int | str) -> int:
@@ -214,8 +231,9 @@ class MessageBroker:
         """
         local = self.kernel.task_types
         remote_types = await self._remote_task_types() if any(s.task_type not in local for s in specs) else set()
-        nodes = await self.get_nodes() if any(self._needs_routing(s) for s in specs) else []
         messages = [self._build(spec, remote_types) for spec in specs]
+        needs_nodes = any(m.requirements and not s.node for m, s in zip(messages, specs, strict=True))
+        nodes = await self.get_nodes() if needs_nodes else []
         explicit = [m.task_id for m, s in zip(messages, specs, strict=True) if s.task_id]
         if len(set(explicit)) != len(explicit):
             raise InvalidTask("the batch names the same task_id twice")
@@ -225,10 +243,7 @@ class MessageBroker:
                 raise InvalidTask(f"a task with one of the ids {explicit[:5]} already exists; ids must be new")
         deps = await self._check_dependencies(messages)
         for message, spec in zip(messages, specs, strict=True):
-            target = spec.node or (self.kernel.route(message, nodes) if self._needs_routing(spec) else None)
-            message.queue = self._queue_for(message.priority, target)
-            if target:
-                message.assigned_node = target
+            self._place(message, nodes, node=spec.node)
         waiting: list[TaskMessage] = []
         async with self.redis.pipeline(transaction=True) as pipe:
             for message in messages:
@@ -247,13 +262,13 @@ class MessageBroker:
                         pipe.sadd(self.keys.dependents(dep), message.task_id)
                     waiting.append(message)
                 else:
-                    self._queue_ops(pipe, message)
+                    self._dispatch_ops(pipe, message)
             await pipe.execute()
         # A dependency may have finished between the status check and the write above: settle it now.
         for message in waiting:
-            for dep in await self.get_tasks(message.depends_on):
-                if dep is not None and dep.is_terminal:
-                    await self._release_dependents(dep, only=message.task_id)
+            for dep_message in await self.get_tasks(message.depends_on):
+                if dep_message is not None and dep_message.is_terminal:
+                    await self._release_dependents(dep_message, only=message.task_id)
         return [m.task_id for m in messages]
 
     async def _check_dependencies(self, messages: list[TaskMessage]) -> dict[str, TaskStatus]:
@@ -276,9 +291,10 @@ class MessageBroker:
 
     async def _release_dependents(self, message: TaskMessage, *, only: str | None = None) -> None:
         """After ``message`` became final: start dependents whose last dependency it was, or fail them."""
-        dependents = [only] if only else [
-            d.decode() if isinstance(d, bytes) else d for d in await self.redis.smembers(self.keys.dependents(message.task_id))
-        ]
+        if only:
+            dependents = [only]
+        else:
+            dependents = _text(await _awaited(self.redis.smembers(self.keys.dependents(message.task_id))))
         for dependent_id in dependents:
             if message.status == TaskStatus.COMPLETED:
                 async with self.redis.pipeline(transaction=True) as pipe:
@@ -291,21 +307,46 @@ class MessageBroker:
             if dependent is None or dependent.status != TaskStatus.WAITING:
                 continue
             if message.status == TaskStatus.COMPLETED:
-                dependent.status = TaskStatus.PENDING
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    self._queue_ops(pipe, dependent)
-                    await pipe.execute()
+                await self.dispatch(dependent)
             else:
                 dependent.status = TaskStatus.FAILED
                 dependent.completed_at = utcnow()
                 dependent.error = f"dependency {message.task_id} {message.status.value}: {message.error}"
                 await self.save_task(dependent)
 
-    def _needs_routing(self, spec: TaskSpec) -> bool:
-        if spec.node:
-            return False
-        known = self.kernel.task_types.get(spec.task_type)
-        return bool(spec.requirements or (known and known.requirements))
+    def _place(self, message: TaskMessage, nodes: list[NodeInfo], *, node: str | None = None) -> None:
+        """Choose the queue: ``node``'s own, the balancer's pick for tasks with requirements, or the shared
+        queue of the task's priority. A task no online node can run gets no queue (``""``): it is parked.
+        """
+        message.reason = None
+        if node is None and message.requirements:
+            node = self.kernel.route(message, nodes)
+            if node is None:
+                message.queue = ""
+                message.assigned_node = None
+                message.reason = f"waiting for an online node that meets {message.requirements}"
+                return
+        message.queue = self._queue_for(message.priority, node)
+        message.assigned_node = node
+
+    def _dispatch_ops(self, pipe: Any, message: TaskMessage) -> None:
+        """Queue a placed task, or park it (status ``waiting``) until a fitting node comes online."""
+        if message.queue:
+            message.status = TaskStatus.PENDING
+            self._queue_ops(pipe, message)
+            pipe.zrem(self.keys.unrouted, message.task_id)
+        else:
+            message.status = TaskStatus.WAITING
+            self._status_ops(pipe, message)
+            pipe.zadd(self.keys.unrouted, {message.task_id: time.time()})
+
+    async def dispatch(self, message: TaskMessage, *, node: str | None = None) -> None:
+        """Place and queue (or park) one task that is not on any queue now."""
+        nodes = await self.get_nodes() if message.requirements and node is None else []
+        self._place(message, nodes, node=node)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            self._dispatch_ops(pipe, message)
+            await pipe.execute()
 
     def _build(self, spec: TaskSpec, remote_types: set[str]) -> TaskMessage:
         if not isinstance(spec.task_type, str) or not spec.task_type:
@@ -404,6 +445,10 @@ class MessageBroker:
             if status != message.status:
                 pipe.zrem(self.keys.status_index(status), message.task_id)
         pipe.zadd(self.keys.status_index(message.status), {message.task_id: now})
+        if message.status == TaskStatus.FAILED:
+            pipe.zadd(self.keys.dead_letters, {message.task_id: now})
+        else:
+            pipe.zrem(self.keys.dead_letters, message.task_id)
 
     # --- task state ------------------------------------------------------------------------------------
 
@@ -470,10 +515,10 @@ class MessageBroker:
             remaining = 5.0 if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 raise WaitTimeout(f"task {task_id} still {message.status.value} after {timeout}s")
-            popped = await self.redis.blpop([done_key], timeout=min(max(remaining, 0.01), 5.0))
+            popped = await _blpop(self.redis, done_key, min(max(remaining, 0.01), 5.0))
             if popped is not None:
                 # Put the marker back for any other waiter of the same task.
-                await self.redis.rpush(done_key, popped[1])
+                await _awaited(self.redis.rpush(done_key, popped[1]))
 
     async def iter_job(
         self, job_id: str, task_ids: Sequence[str], timeout: float | None = None
@@ -530,19 +575,145 @@ class MessageBroker:
         message.error = None
         message.result = None
         message.started_at = message.completed_at = None
-        message.assigned_node = None
-        message.queue = self._queue_for(message.priority, None)
+        nodes = await self.get_nodes() if message.requirements else []
+        self._place(message, nodes)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(self.keys.done(task_id))
-            self._queue_ops(pipe, message)
+            self._dispatch_ops(pipe, message)
             await pipe.execute()
         return True
+
+    async def requeue_zombie(self, zombie: TaskMessage, reason: str) -> str | None:
+        """Re-run a zombie (attempt+1) or, out of retries, fail it; exactly once however many callers race.
+
+        The change is a compare-and-set on the task key: it applies only if the task is still running
+        on the same node under the same engine job. Returns the new status, or ``None`` if nothing changed.
+        """
+        key = self.keys.task(zombie.task_id)
+        nodes = await self.get_nodes() if zombie.requirements else []
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(key)
+            raw = await pipe.get(key)
+            if raw is None:
+                return None
+            current = wire.loads(raw, TaskMessage)
+            if (current.status, current.assigned_node, current.engine_job_id) != (
+                TaskStatus.RUNNING, zombie.assigned_node, zombie.engine_job_id
+            ):
+                return None
+            pipe.multi()
+            old_job = current.engine_job_id
+            for queue in {current.queue, *self.keys.queues} - {""}:
+                pipe.zrem(queue, old_job)
+            pipe.delete(job_key_prefix + old_job, retry_key_prefix + old_job, in_progress_key_prefix + old_job)
+            current.error = f"zombie: {reason}"
+            if current.attempt >= current.max_retries + 1:
+                current.status = TaskStatus.FAILED
+                current.completed_at = utcnow()
+                current.error += f" (no retries left after {current.attempt} attempts)"
+                self._status_ops(pipe, current)
+            else:
+                current.engine_job_id = f"{current.task_id}.z{uuid.uuid4().hex[:8]}"
+                current.started_at = None
+                self._place(current, nodes)
+                self._dispatch_ops(pipe, current)
+            try:
+                await pipe.execute()
+            except WatchError:
+                return None
+        if current.is_terminal:
+            await self._release_dependents(current)
+        return current.status.value
+
+    async def assign_to_node(
+        self, task_id: str, node_id: str, *, requirements: dict[str, Any] | None = None
+    ) -> bool:
+        """Move a task that has not started to ``node_id``'s own queue (compare-and-set; ``False`` if it started)."""
+        key = self.keys.task(task_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(key)
+            raw = await pipe.get(key)
+            if raw is None:
+                raise InvalidTask(f"no task with id {task_id!r}")
+            message = wire.loads(raw, TaskMessage)
+            parked = message.status == TaskStatus.WAITING and message.queue == ""
+            if message.status != TaskStatus.PENDING and not parked:
+                return False
+            score = await pipe.zscore(message.queue, message.engine_job_id) if message.queue else None
+            pipe.multi()
+            if message.queue:
+                pipe.zrem(message.queue, message.engine_job_id)
+            if requirements:
+                message.requirements = {**message.requirements, **requirements}
+            message.queue = self._queue_for(message.priority, node_id)
+            message.assigned_node = node_id
+            message.reason = None
+            if score is None or message.status == TaskStatus.WAITING:
+                message.status = TaskStatus.PENDING
+                self._queue_ops(pipe, message)
+            else:
+                self._status_ops(pipe, message)
+                pipe.zadd(message.queue, {message.engine_job_id: score})
+            pipe.zrem(self.keys.unrouted, task_id)
+            try:
+                await pipe.execute()
+            except WatchError:
+                return False
+        return True
+
+    async def reroute_stranded(self, *, now: float | None = None) -> dict[str, int]:
+        """Give parked tasks a node that now fits (or fail them past their timeout), and move tasks queued
+        for nodes that went offline back through placement. Returns counts of what moved.
+        """
+        now = time.time() if now is None else now
+        counts = {"placed": 0, "expired": 0, "rerouted": 0}
+        nodes = await self.get_nodes()
+        parked = await self.redis.zrange(self.keys.unrouted, 0, -1, withscores=True)
+        for raw_id, since in parked:
+            task_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+            message = await self.get_task_status(task_id)
+            if message is None or message.status != TaskStatus.WAITING:
+                await self.redis.zrem(self.keys.unrouted, task_id)
+                continue
+            target = self.kernel.route(message, nodes)
+            expired = now - since > message.timeout
+            if target is None and not expired:
+                continue
+            if not await self.redis.zrem(self.keys.unrouted, task_id):
+                continue  # another nexus took it
+            if target is None:
+                message.status = TaskStatus.FAILED
+                message.completed_at = utcnow()
+                message.error = f"no online node met {message.requirements} within {message.timeout:g}s"
+                await self.save_task(message)
+                counts["expired"] += 1
+            else:
+                await self.dispatch(message, node=target)
+                counts["placed"] += 1
+        online = {n.node_id for n in nodes}
+        known = _text(await _awaited(self.redis.hkeys(self.keys.node_infos)))
+        for node_id in set(known) - online:
+            queue = self.keys.node_queue(node_id)
+            for raw_job in await self.redis.zrange(queue, 0, -1):
+                job = raw_job.decode() if isinstance(raw_job, bytes) else raw_job
+                task_id = job.split(".", 1)[0]
+                message = await self.get_task_status(task_id)
+                if message is None or message.status != TaskStatus.PENDING or message.engine_job_id != job:
+                    continue
+                if not await self.redis.zrem(queue, job):
+                    continue
+                await self.redis.delete(job_key_prefix + job)
+                message.engine_job_id = f"{task_id}.n{uuid.uuid4().hex[:8]}"
+                await self.dispatch(message)
+                counts["rerouted"] += 1
+        return counts
 
     async def _drop_engine_job(self, message: TaskMessage) -> None:
         job = message.engine_job_id
         async with self.redis.pipeline(transaction=True) as pipe:
             for queue in {message.queue, *self.keys.queues} - {""}:
                 pipe.zrem(queue, job)
+            pipe.zrem(self.keys.unrouted, message.task_id)
             pipe.delete(job_key_prefix + job, retry_key_prefix + job, in_progress_key_prefix + job)
             await pipe.execute()
 
@@ -574,9 +745,28 @@ class MessageBroker:
             "tasks_waiting": by_status[TaskStatus.WAITING],
         }
 
+    async def get_cluster_nodes(self) -> tuple[list[NodeInfo], list[NodeInfo]]:
+        """(online, offline) nodes: offline ones are those whose heartbeat expired without a clean stop."""
+        online = await self.get_nodes()
+        ids = {n.node_id for n in online}
+        offline = []
+        for raw in (await _awaited(self.redis.hgetall(self.keys.node_infos))).values():
+            try:
+                info = wire.loads(raw, NodeInfo)
+            except WireError:
+                continue
+            if info.node_id not in ids:
+                offline.append(info)
+        return online, sorted(offline, key=lambda n: n.last_heartbeat, reverse=True)
+
+    async def dead_letters(self, limit: int = 100) -> list[TaskMessage]:
+        """Tasks that failed for good, newest first."""
+        ids = _text(await self.redis.zrevrange(self.keys.dead_letters, 0, limit - 1))
+        return [m for m in await self.get_tasks(ids) if m is not None]
+
     async def get_nodes(self, *, include_offline: bool = False) -> list[NodeInfo]:
         """Spores whose heartbeat has not expired, freshest first."""
-        node_ids = sorted(m.decode() if isinstance(m, bytes) else m for m in await self.redis.smembers(self.keys.nodes))
+        node_ids = sorted(_text(await _awaited(self.redis.smembers(self.keys.nodes))))
         if not node_ids:
             return []
         raws = await self.redis.mget([self.keys.node(n) for n in node_ids])
@@ -654,7 +844,7 @@ class MessageBroker:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            popped = await self.redis.blpop([key], timeout=max(remaining, 0.01))
+            popped = await _blpop(self.redis, key, max(remaining, 0.01))
             if popped is None:
                 break
             try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..config import HiveConfig
@@ -32,7 +32,7 @@ def _merge(results: list[Any]) -> dict[str, Any]:
     return out
 
 
-REDUCERS = {
+REDUCERS: dict[str, Callable[[list[Any]], Any]] = {
     "collect": list,
     "concat": _concat,
     "sum": lambda results: sum(r for r in results if isinstance(r, int | float) and not isinstance(r, bool)),
