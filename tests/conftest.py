@@ -1,1 +1,1 @@
-pytest_plugins = ["hive_framework.testing"]
+"""hive_framework.testing's fixtures arrive through its pytest11 entry point (see pyproject.toml)."""
