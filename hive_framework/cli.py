@@ -117,16 +117,30 @@ def cli(
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), help="Tasks run at once (HIVE_CONCURRENCY).")
 @click.option("--app", "apps", multiple=True, help="Module with task types to load (repeatable).")
 @click.option("--tag", "tags", multiple=True, help="Capability tag this node offers (repeatable).")
+@click.option("--capability", "capability_args", multiple=True, metavar="KEY=VALUE",
+              help="Capability this node declares, VALUE as JSON (gpu=true, vram_gb=24); repeatable.")
 @pass_state
 def spore(
-    state: State, name: str | None, concurrency: int | None, apps: tuple[str, ...], tags: tuple[str, ...]
+    state: State, name: str | None, concurrency: int | None, apps: tuple[str, ...], tags: tuple[str, ...],
+    capability_args: tuple[str, ...] = (),
 ) -> None:
     """Run a worker node until SIGTERM, Ctrl-C or a SHUTDOWN broadcast."""
     from .spore import Spore
 
+    capabilities: dict[str, Any] = {}
+    for item in capability_args:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--capability")
+        try:
+            capabilities[key.strip()] = json.loads(raw)
+        except ValueError:
+            capabilities[key.strip()] = raw  # a bare word is a string: --capability zone=eu-west
+    if tags:
+        capabilities["tags"] = [*capabilities.get("tags", []), *tags]
     extra = {"apps": (*state.config().apps, *apps)} if apps else {}
     kernel = state.kernel(**extra)
-    node = Spore(kernel, name=name, concurrency=concurrency, capabilities={"tags": list(tags)} if tags else None)
+    node = Spore(kernel, name=name, concurrency=concurrency, capabilities=capabilities or None)
     _run(node.run())
 
 

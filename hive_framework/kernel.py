@@ -63,8 +63,10 @@ class Kernel:
             module = app
         if self.pm.get_name(module) is None and not self.pm.is_registered(module):
             self._register(module, name=f"app:{module.__name__}")
-        if hasattr(self, "task_types"):
+        if hasattr(self, "_route_caller"):  # loaded after start-up: check it and pick up what it adds
+            check_plugins(self.pm)
             self._collect_task_types()
+            self._route_caller = self._router()
         return module
 
     def register_plugin(self, plugin: Any, name: str | None = None) -> str:
@@ -75,6 +77,9 @@ class Kernel:
         try:
             check_plugins(self.pm)
             self._collect_task_types()
+            # The router reaches one balancer by excluding the others it knew of: rebuild it, or a
+            # route_task impl added now would run ahead of the HIVE_BALANCER choice.
+            self._route_caller = self._router()
         except PluginError:
             self.pm.unregister(plugin)  # a refused plugin must not stay half-registered
             self._collect_task_types()

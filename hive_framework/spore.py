@@ -16,8 +16,8 @@ import os
 import shutil
 import signal
 import socket
-import uuid
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
@@ -77,8 +77,11 @@ class HiveWorker(Worker):
         self.ctx["redis"] = self.pool
         while True:
             await self._poll_iteration()
+            # Not asyncio.wait_for: on 3.11 it swallows a cancel that lands just as the wake event is set,
+            # and this loop then never stops (a spore hung on shutdown).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_delay_s)
+                async with asyncio.timeout(self.poll_delay_s):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def _poll_iteration(self) -> None:
@@ -464,7 +467,7 @@ class Spore:
         async with self.broker.redis.pipeline(transaction=True) as pipe:
             pipe.psetex(self.kernel.keys.node(self.node_id), int(ttl * 1000), info)
             pipe.sadd(self.kernel.keys.nodes, self.node_id)
-            pipe.hset(self.kernel.keys.node_infos, self.node_id, info)
+            pipe.hset(self.kernel.keys.node_infos, mapping={self.node_id: info})
             await pipe.execute()
 
     async def _heartbeat_loop(self) -> None:

@@ -109,7 +109,7 @@ class SporeProcess:
 
     def __init__(self, config: HiveConfig, name: str, *, apps: tuple[str, ...] = (), concurrency: int = 4,
                  extra_env: dict[str, str] | None = None, cwd: str | Path | None = None,
-                 log_dir: Path | None = None) -> None:
+                 log_dir: Path | None = None, args: tuple[str, ...] = ()) -> None:
         self.name = name
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HIVE_", "REDIS_"))}
         env.update(config.to_env())
@@ -119,7 +119,8 @@ class SporeProcess:
         self.log_path = (log_dir or Path(os.environ.get("TMPDIR", "/tmp"))) / f"spore-{name}-{uuid.uuid4().hex[:6]}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hive_framework", "spore", "--name", name, "--concurrency", str(concurrency)],
+            [sys.executable, "-m", "hive_framework", "spore", "--name", name, "--concurrency", str(concurrency),
+             *args],
             env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
@@ -231,3 +232,27 @@ def spore_processes(hive_config: HiveConfig, tmp_path: Path) -> Iterator[Callabl
     for proc in started:
         if proc.proc.poll() is None:
             proc.stop()
+
+
+class NexusProcess:
+    """A nexus (Foreman + watchdog) running as a real OS process (``python -m hive_framework nexus``)."""
+
+    def __init__(self, config: HiveConfig, name: str = "nexus", *, apps: tuple[str, ...] = (),
+                 extra_env: dict[str, str] | None = None, log_dir: Path | None = None) -> None:
+        self.name = name
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HIVE_", "REDIS_"))}
+        env.update(config.to_env())
+        env["HIVE_APP"] = ",".join((*config.apps, *apps))
+        env.update(extra_env or {})
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p)
+        self.log_path = (log_dir or Path(os.environ.get("TMPDIR", "/tmp"))) / f"nexus-{name}-{uuid.uuid4().hex[:6]}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hive_framework", "nexus"], env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    pid = SporeProcess.pid
+    log = SporeProcess.log
+    signal = SporeProcess.signal
+    stop = SporeProcess.stop
+    kill = SporeProcess.kill

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..config import HiveConfig
@@ -112,7 +113,7 @@ class ForemanAgent:
         self.refresh_interval = refresh_interval or self.kernel.config.heartbeat_interval
         self.nodes: list[NodeInfo] = []
         self.offline: list[NodeInfo] = []
-        self.last_refresh = None
+        self.last_refresh: datetime | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
