@@ -380,7 +380,7 @@ class Spore:
             message.attempt -= 1
             message.started_at = None
             message.assigned_node = None
-            await asyncio.shield(broker.save_task(message))
+            await asyncio.shield(self._save_unless_cancelled(message))
             raise
         except TimeoutError:
             if not deadline.expired():
@@ -400,19 +400,29 @@ class Spore:
             message.result = result
             message.error = None
             message.completed_at = utcnow()
-            await broker.save_task(message)
+            await self._save_unless_cancelled(message)
             return
         message.error = error
         if retriable and message.attempt <= message.max_retries:
             delay = min(self.config.retry_backoff * 2 ** (message.attempt - 1), self.config.retry_backoff_max)
             message.status = TaskStatus.RETRYING
-            await broker.save_task(message)
+            if not await self._save_unless_cancelled(message):
+                return
             self.log.info("task %s attempt %d failed (%s); retrying in %.2fs", task_id, message.attempt, error, delay)
             raise Retry(defer=delay)
         message.status = TaskStatus.FAILED
         message.completed_at = utcnow()
-        await broker.save_task(message)
+        await self._save_unless_cancelled(message)
         self.log.warning("task %s failed after %d attempt(s): %s", task_id, message.attempt, error)
+
+    async def _save_unless_cancelled(self, message: TaskMessage) -> bool:
+        """Record an attempt's outcome, unless the task was cancelled while it ran: the cancellation stands."""
+        current = await self.broker.get_task_status(message.task_id)
+        if current is not None and current.status == TaskStatus.CANCELLED:
+            self.log.info("task %s was cancelled while it ran; its outcome is dropped", message.task_id)
+            return False
+        await self.broker.save_task(message)
+        return True
 
     async def _execute(self, message: TaskMessage, context: TaskContext) -> Any:
         """Run the task, or each payload of a chunked task in turn (one item failing does not stop the rest)."""

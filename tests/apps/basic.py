@@ -54,3 +54,73 @@ async def record(payload: dict[str, Any], context: TaskContext) -> str:
     await context.redis.rpush(f"{context.config.key_prefix}:test:order", payload["label"])
     await asyncio.sleep(float(payload.get("seconds", 0)))
     return str(payload["label"])
+
+
+@task("gated", timeout=60)
+async def gated(payload: dict[str, Any], context: TaskContext) -> str:
+    """Append this task's label to the order list when it starts, then hold its slot until the test opens
+    ``payload['gate']`` (sets ``{prefix}:test:gate:{gate}``); gives up after ``payload['max_wait']`` s."""
+    prefix = context.config.key_prefix
+    await context.redis.rpush(f"{prefix}:test:order", payload["label"])
+    gate = f"{prefix}:test:gate:{payload['gate']}"
+    deadline = time.monotonic() + float(payload.get("max_wait", 30))
+    while not await context.redis.exists(gate):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"gate {payload['gate']} never opened")
+        await asyncio.sleep(0.01)
+    return str(payload["label"])
+
+
+@task("nap", max_retries=2)
+async def nap(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:
+    """Sleep ``payload['seconds']`` (on the first start only, with ``payload['first_only']``); say who ran it.
+
+    Starts are counted in Redis, so a run handed back or re-run after a crash is seen as a second start.
+    """
+    starts = await context.redis.incr(f"{context.config.key_prefix}:test:starts:{context.task.task_id}")
+    if starts == 1 or not payload.get("first_only"):
+        await asyncio.sleep(float(payload["seconds"]))
+    return {"node": context.node_name, "pid": os.getpid(), "attempt": context.task.attempt, "starts": starts}
+
+
+# --- map-reduce and dependency tests (tests/test_mapreduce*.py) -------------------------------------------
+
+
+@task("mr_item", timeout=30, max_retries=0)
+async def mr_item(payload: dict[str, Any], context: TaskContext) -> Any:
+    """One map-reduce item: wait ``seconds`` (or until gate ``gate`` opens), fail if ``fail``, return ``value``.
+
+    Each finished item appends its value to ``{prefix}:test:mr_done``, so tests see the finishing order.
+    """
+    prefix = context.config.key_prefix
+    if "gate" in payload:
+        gate = f"{prefix}:test:gate:{payload['gate']}"
+        deadline = time.monotonic() + float(payload.get("max_wait", 30))
+        while not await context.redis.exists(gate):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"gate {payload['gate']} never opened")
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(float(payload.get("seconds", 0)))
+    if payload.get("fail"):
+        raise ValueError(f"item {payload.get('value')!r} fails on purpose")
+    await context.redis.rpush(f"{prefix}:test:mr_done", str(payload.get("value")))
+    return payload.get("value")
+
+
+@task("mr_length", reducer="sum")
+def mr_length(payload: dict[str, Any]) -> int:
+    """The length of ``payload['item']`` as text; the task type's default reducer adds them up."""
+    return len(str(payload["item"]))
+
+
+@task("dag_step", timeout=30, max_retries=0)
+async def dag_step(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:
+    """A DAG node: record ``start:<label>``/``end:<label>`` in ``{prefix}:test:dag``, read dependency results."""
+    key = f"{context.config.key_prefix}:test:dag"
+    await context.redis.rpush(key, f"start:{payload['label']}")
+    deps = await context.dependency_results()
+    await asyncio.sleep(float(payload.get("seconds", 0)))
+    if payload.get("fail"):
+        raise RuntimeError(f"step {payload['label']} fails on purpose")
+    await context.redis.rpush(key, f"end:{payload['label']}")
+    return {"label": payload["label"], "deps": deps}

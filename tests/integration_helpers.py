@@ -1,0 +1,104 @@
+"""Helpers shared by the integration tests (tests/test_integration_*.py): polling with deadlines, never sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+
+from hive_framework import HiveConfig, TaskMessage, TaskStatus
+from hive_framework.hive import Hive
+from hive_framework.testing import SporeProcess, async_wait_until
+
+#: The app module with the task types the integration tests run (echo, flaky, gated, nap...).
+BASIC = "tests.apps.basic"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+async def order_list(hive: Hive) -> list[str]:
+    """Labels appended by the ``record`` and ``gated`` task types when they started, oldest first."""
+    raw = await hive.broker.redis.lrange(f"{hive.config.key_prefix}:test:order", 0, -1)
+    return [item.decode() for item in raw]
+
+
+async def open_gate(hive: Hive, gate: str) -> None:
+    """Let every ``gated`` task waiting on ``gate`` finish."""
+    await hive.broker.redis.set(f"{hive.config.key_prefix}:test:gate:{gate}", b"1")
+
+
+async def wait_for_order_length(hive: Hive, length: int, timeout: float = 15.0) -> list[str]:
+    async def long_enough() -> list[str] | None:
+        found = await order_list(hive)
+        return found if len(found) >= length else None
+
+    return await async_wait_until(long_enough, timeout=timeout, what=f"{length} task starts to be recorded")
+
+
+async def wait_for_nodes(hive: Hive, names: Iterable[str], timeout: float = 20.0) -> None:
+    """Until a live heartbeat of every named spore is in Redis (a spore subscribes to broadcasts before it)."""
+    wanted = set(names)
+
+    async def online() -> bool:
+        return wanted <= {n.node_name for n in await hive.nodes()}
+
+    await async_wait_until(online, timeout=timeout, what=f"spores {sorted(wanted)} to come online")
+
+
+async def wait_running(hive: Hive, task_id: str, node: str, timeout: float = 20.0) -> TaskMessage:
+    """Until ``task_id`` is running on ``node``; returns the stored task."""
+
+    async def running() -> TaskMessage | None:
+        message = await hive.status(task_id)
+        if message is not None and message.status == TaskStatus.RUNNING and message.assigned_node == node:
+            return message
+        return None
+
+    return await async_wait_until(running, timeout=timeout, what=f"task {task_id} to run on {node}")
+
+
+async def wait_exit(proc: SporeProcess, timeout: float = 20.0) -> int:
+    """Until the spore process has exited; returns its exit code."""
+
+    async def exited() -> bool:
+        return proc.proc.poll() is not None
+
+    await async_wait_until(exited, timeout=timeout, what=f"spore {proc.name} to exit")
+    return int(proc.proc.returncode)
+
+
+async def assert_stays(predicate: Callable[[], Awaitable[bool]], seconds: float, what: str) -> None:
+    """Check ``predicate`` over and over for ``seconds``; fail at the first check it does not hold.
+
+    The one way to show that something does *not* happen: an observation window, polled, never a blind sleep.
+    """
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert await predicate(), what
+        await asyncio.sleep(0.02)
+    assert await predicate(), what
+
+
+def cli_env(config: HiveConfig, apps: tuple[str, ...] = (BASIC,)) -> dict[str, str]:
+    """Environment for a ``hive`` subprocess in ``config``'s namespace (nothing inherited from HIVE_*/REDIS_*)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HIVE_", "REDIS_"))}
+    env.update(config.to_env())
+    env["HIVE_APP"] = ",".join(apps)
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    return env
+
+
+async def hive_cli(config: HiveConfig, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m hive_framework ARGS`` as a separate client process (off the event loop)."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "hive_framework", "--log-level", "warning", *args],
+        env=cli_env(config),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
