@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -142,6 +143,13 @@ def spore(
     kernel = state.kernel(**extra)
     node = Spore(kernel, name=name, concurrency=concurrency, capabilities=capabilities or None)
     _run(node.run())
+    stuck = [t for t in threading.enumerate() if t.name.startswith("hive-task") and t.is_alive()]
+    if stuck:
+        # A sync handler is still blocked past its timeout; its task was already failed or handed back,
+        # so exit now rather than wait for the thread at interpreter shutdown.
+        logging.getLogger("hive").warning("exiting with %d sync handler(s) still blocked", len(stuck))
+        logging.shutdown()
+        os._exit(0)
 
 
 @cli.command()

@@ -219,6 +219,9 @@ class Spore:
         self.concurrency = concurrency or self.config.concurrency
         self.capabilities = dict(capabilities or {})
         self._gpu = detect_gpu()
+        #: Threads for sync task handlers; not the loop's default executor, so stopping never waits on a
+        #: handler stuck past its timeout (its task has already been failed or handed back).
+        self.executor = ThreadPoolExecutor(max_workers=self.concurrency + 4, thread_name_prefix="hive-task")
         self.broker = kernel.create_broker()
         self.worker: Any = None
         self.paused = False
@@ -255,7 +258,6 @@ class Spore:
 
     async def run(self, *, install_signals: bool = True) -> None:
         loop = asyncio.get_running_loop()
-        loop.set_default_executor(ThreadPoolExecutor(max_workers=self.concurrency + 4, thread_name_prefix="hive-task"))
         if not self.broker.is_connected:
             await self.broker.connect()
         await self._claim_node_id()
@@ -315,6 +317,7 @@ class Spore:
                 pipe.hdel(self.kernel.keys.node_infos, self.node_id)
                 await pipe.execute()
         await self.broker.disconnect()
+        self.executor.shutdown(wait=False, cancel_futures=True)
         self.log.info("spore %s stopped", self.node_name)
 
     async def _claim_node_id(self) -> None:

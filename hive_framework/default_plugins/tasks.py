@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable
 from typing import Any
 
@@ -24,4 +25,6 @@ async def run_handler(task_type: TaskType, payload: dict[str, Any], context: Tas
     kwargs = {"context": context} if task_type.wants_context else {}
     if task_type.is_async:
         return await task_type.handler(payload, **kwargs)
-    return await asyncio.to_thread(task_type.handler, payload, **kwargs)
+    executor = getattr(context.spore, "executor", None)
+    call = functools.partial(task_type.handler, payload, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(executor, call)
