@@ -1,0 +1,71 @@
+"""Nox sessions: ``nox`` runs tests (every Python found), plugins, lint and typecheck; ``nox -s bench`` benchmarks.
+
+A Python version that is not installed is skipped, never an error, even with ``CI=true``. Tests that
+need Redis read ``HIVE_TEST_REDIS_URL`` (else ``REDIS_URL``, else ``redis://127.0.0.1:6379/0``) and
+are skipped without one unless ``HIVE_REQUIRE_REDIS=1``; ``.ci/run`` provides a Redis and sets both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+PYTHONS = ["3.11", "3.12", "3.13"]
+#: The third-party plugin distribution the tests install to check entry-point loading end to end.
+EXAMPLE_PLUGIN = ROOT / "tests" / "plugin_dist" / "hive-plugin-example"
+#: First-party plugins: separate distributions with their own tests.
+PLUGIN_DIRS = sorted(p.parent for p in ROOT.glob("plugins/*/pyproject.toml"))
+
+nox.options.sessions = ["tests", "plugins", "lint", "typecheck"]
+nox.options.default_venv_backend = "venv"
+nox.options.error_on_missing_interpreters = False
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """Install the project (``test`` extra) and the example plugin, then run pytest (``-- ARGS`` pass through)."""
+    session.install(".[test]", "pytest-timeout")
+    if EXAMPLE_PLUGIN.is_dir():
+        session.install(str(EXAMPLE_PLUGIN))
+    # A hung test fails with its traceback after 5 minutes instead of stalling the whole run.
+    session.run("pytest", "--timeout=300", *session.posargs)
+
+
+@nox.session
+def plugins(session: nox.Session) -> None:
+    """Install every plugin under plugins/ (each its own distribution) and run each one's own tests."""
+    if not PLUGIN_DIRS:
+        session.skip("no plugins/*/pyproject.toml")
+    session.install(".[test]", "pytest-timeout", *(f"{p}[test]" for p in PLUGIN_DIRS))
+    for plugin in PLUGIN_DIRS:
+        if (plugin / "tests").is_dir():
+            session.run("pytest", "--timeout=300", str(plugin / "tests"), *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """``ruff check`` on every Python file of the repository (formatting is not enforced)."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", *(session.posargs or ["."]))
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """``mypy --strict`` (configured in pyproject.toml) on hive_framework, with its dependencies installed."""
+    session.install(".[test,lint]")
+    session.run("mypy", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run ``bench/run.py`` (not a default session: ``nox -s bench -- ARGS``)."""
+    script = ROOT / "bench" / "run.py"
+    if not script.is_file():
+        session.skip("bench/run.py does not exist yet")
+    session.install(".[test]")
+    requirements = ROOT / "bench" / "requirements.txt"
+    if requirements.is_file():
+        session.install("-r", str(requirements))
+    session.run("python", str(script), *session.posargs)
