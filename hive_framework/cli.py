@@ -397,13 +397,13 @@ def map_cmd(
                                   f"pending {len(items) - len(job.outcomes)} {rate:.1f}/s")
             outcomes = job.ordered()
             reduced = kernel.reduce(reducer, [o.result for o in outcomes if o.ok]) if reducer else None
-            return [outcomes, reduced]
+            return [outcomes, reduced, time.monotonic() - job.started]
 
-    outcomes, reduced = _run(go())
+    outcomes, reduced, duration_s = _run(go())
     if as_json:
         from .default_plugins.mapreduce import summarize
 
-        _echo_json({"summary": summarize(outcomes, 0.0), "results": [wire.to_plain(o) for o in outcomes],
+        _echo_json({"summary": summarize(outcomes, duration_s), "results": [wire.to_plain(o) for o in outcomes],
                     "reduced": reduced})
     else:
         click.echo(f"{'#':>5}  {'status':<10} {'node':<20} result / error")

@@ -153,6 +153,13 @@ class MapJob:
         for outcome in self.unfinished():
             if await self.broker.cancel_task(outcome.task_id):
                 cancelled += 1
+            else:
+                message = await self.broker.get_task_status(outcome.task_id)
+                if message is not None and message.is_terminal and message.status != TaskStatus.CANCELLED:
+                    # It finished just as the wait timed out: report what it did, not a cancellation.
+                    for real in self._outcomes_of(message):
+                        self.outcomes.setdefault(real.item_index, real)
+                    continue
             outcome.status = TaskStatus.CANCELLED.value
             outcome.error = "cancelled: unfinished when the wait timed out"
             self.outcomes[outcome.item_index] = outcome

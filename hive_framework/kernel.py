@@ -220,7 +220,7 @@ class Kernel:
         return await awaitable
 
     def claim(self, description: str, items: list[Any]) -> str:
-        """The task type a plugin claims for ``items`` (``claim_items``); else :class:`UnknownTaskType`."""
+        """The task type a plugin claims for ``items`` (``claim_items``), else :class:`InvalidTask`."""
         claimed: str | None = self.pm.hook.claim_items(description=description, items=items, config=self.config)
         if claimed is None:
             raise InvalidTask(

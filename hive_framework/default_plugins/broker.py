@@ -639,6 +639,12 @@ class MessageBroker:
             parked = message.status == TaskStatus.WAITING and message.queue == ""
             if message.status != TaskStatus.PENDING and not parked:
                 return False
+            # A spore that leased the job but has not yet recorded the start owns it: moving it now would
+            # let the leasing spore run it anyway, not the chosen node.
+            in_progress = in_progress_key_prefix + message.engine_job_id
+            await pipe.watch(in_progress)
+            if await pipe.exists(in_progress):
+                return False
             score = await pipe.zscore(message.queue, message.engine_job_id) if message.queue else None
             pipe.multi()
             if message.queue:
@@ -691,15 +697,27 @@ class MessageBroker:
                 await self.dispatch(message, node=target)
                 counts["placed"] += 1
         online = {n.node_id for n in nodes}
-        known = _text(await _awaited(self.redis.hkeys(self.keys.node_infos)))
-        for node_id in set(known) - online:
+        known = set(_text(await _awaited(self.redis.hkeys(self.keys.node_infos))))
+        # A spore that stopped cleanly deregistered itself, but tasks the balancer routed to it may still sit
+        # in its queue: find those queues too (from them only routed tasks, with requirements, move; a task
+        # pinned to a node that is not up yet stays for it).
+        queue_prefix = self.keys.node_queue("")
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in queue_prefix) + "*"
+        found = _text([k async for k in self.redis.scan_iter(match=pattern, count=1000)])
+        queued_for = {k[len(queue_prefix) :] for k in found}
+        for node_id in (known | queued_for) - online:
             queue = self.keys.node_queue(node_id)
             for raw_job in await self.redis.zrange(queue, 0, -1):
                 job = raw_job.decode() if isinstance(raw_job, bytes) else raw_job
-                task_id = job.split(".", 1)[0]
-                message = await self.get_task_status(task_id)
-                if message is None or message.status != TaskStatus.PENDING or message.engine_job_id != job:
+                # The job id is the task id, or the task id plus ".<suffix>" (task ids may contain dots).
+                candidates = [m for m in await self.get_tasks([job, job.rpartition(".")[0] or job])
+                              if m is not None and m.engine_job_id == job]
+                message = candidates[0] if candidates else None
+                if message is None or message.status not in (TaskStatus.PENDING, TaskStatus.RETRYING):
                     continue
+                if node_id not in known and not message.requirements:
+                    continue
+                task_id = message.task_id
                 if not await self.redis.zrem(queue, job):
                     continue
                 await self.redis.delete(job_key_prefix + job)

@@ -141,7 +141,11 @@ class ParallelSkill:
                 await job.cancel_unfinished()
             outcomes = job.ordered()
             name = reducer or getattr(kernel.task_types.get(chosen), "reducer", None) or "collect"
-            reduced = kernel.reduce(name, [o.result for o in outcomes if o.ok])
+            reduce_error: dict[str, Any] = {}
+            try:
+                reduced = kernel.reduce(name, [o.result for o in outcomes if o.ok])
+            except Exception as exc:  # the items ran: report them along with why they could not be reduced
+                reduced, reduce_error = None, json.loads(_error(exc))
             return json.dumps(
                 {
                     "summary": summarize(outcomes, time.monotonic() - job.started),
@@ -150,6 +154,7 @@ class ParallelSkill:
                     "results": [to_plain(o) for o in outcomes],
                     "reducer": name,
                     "reduced": reduced,
+                    **reduce_error,
                 },
                 default=str,
             )
