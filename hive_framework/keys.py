@@ -43,6 +43,10 @@ class Keys:
         """List that gets an element when the task reaches a final state; waiters block on it."""
         return f"{self.prefix}:done:{task_id}"
 
+    def cancelled(self, task_id: str) -> str:
+        """Marker set when a task is cancelled, so a spore finishing it never overwrites the cancellation."""
+        return f"{self.prefix}:cancelled:{task_id}"
+
     def waiting_on(self, task_id: str) -> str:
         """Set of dependencies a waiting task still waits for."""
         return f"{self.prefix}:deps:{task_id}"

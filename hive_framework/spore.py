@@ -173,6 +173,11 @@ class HiveWorker(Worker):
         return int(self.job_counter)
 
 
+def retry_delay(config: Any, attempt: int) -> float:
+    """Exponential backoff: ``HIVE_RETRY_BACKOFF * 2**(attempt-1)``, capped at ``HIVE_RETRY_BACKOFF_MAX``."""
+    return float(min(config.retry_backoff * 2 ** (attempt - 1), config.retry_backoff_max))
+
+
 def default_node_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -342,27 +347,47 @@ class Spore:
     # --- running one task ------------------------------------------------------------------------------
 
     async def run_task_job(self, ctx: dict[str, Any], task_id: str) -> None:
-        """The ARQ job function: load the task, run it with its timeout, record the outcome."""
+        """The ARQ job function: run the task, and turn a retry into ARQ's ``Retry``."""
+        retry_in = await self.run_task(task_id, str(ctx.get("job_id", task_id)))
+        if retry_in is not None:
+            raise Retry(defer=retry_in)
+
+    async def run_task(
+        self, task_id: str, engine_job_id: str, *, message: TaskMessage | None = None, ack: Any = None
+    ) -> float | None:
+        """Run one attempt of a task and record its outcome; the engine-neutral heart of a spore.
+
+        Returns the delay before the next attempt when it failed and may retry, else ``None``. A task
+        cancelled, finished or moved to another engine job meanwhile is skipped. ``ack`` is passed to the
+        broker's saves so an engine can settle its job in the same round trip. On cancellation (shutdown)
+        the task is handed back untouched and ``CancelledError`` propagates to the engine.
+        """
         broker = self.broker
-        message = await broker.get_task_status(task_id)
+        if message is None:
+            message = await broker.get_task_status(task_id)
         if message is None:
             self.log.warning("task %s has no record (expired or deleted); dropping its job", task_id)
-            return
-        if message.is_terminal or ctx.get("job_id") != message.engine_job_id:
-            return
+            await broker.settle(ack)
+            return None
+        if message.is_terminal or engine_job_id != message.engine_job_id or message.status == TaskStatus.WAITING:
+            await broker.settle(ack)
+            return None
+        previous = message.status
         message.attempt += 1
         if message.attempt > message.max_retries + 1:
             message.status = TaskStatus.FAILED
             message.completed_at = utcnow()
             lost = message.error or "the spore running it was lost"
             message.error = f"{lost} (gave up after {message.attempt - 1} attempts)"
-            await broker.save_task(message)
-            return
+            await broker.save_unless_cancelled(message, previous=previous, ack=ack)
+            return None
         message.status = TaskStatus.RUNNING
         message.started_at = utcnow()
         message.completed_at = None
         message.assigned_node = self.node_id
-        await broker.save_task(message)
+        if not await broker.save_unless_cancelled(message, previous=previous):
+            await broker.settle(ack)
+            return None
         context = TaskContext(
             task=message,
             node_id=self.node_id,
@@ -383,7 +408,7 @@ class Spore:
             message.attempt -= 1
             message.started_at = None
             message.assigned_node = None
-            await asyncio.shield(self._save_unless_cancelled(message))
+            await asyncio.shield(broker.save_unless_cancelled(message, previous=TaskStatus.RUNNING, ack=ack))
             raise
         except TimeoutError:
             if not deadline.expired():
@@ -403,29 +428,24 @@ class Spore:
             message.result = result
             message.error = None
             message.completed_at = utcnow()
-            await self._save_unless_cancelled(message)
-            return
+            if not await broker.save_unless_cancelled(message, previous=TaskStatus.RUNNING, ack=ack):
+                await broker.settle(ack)
+            return None
         message.error = error
         if retriable and message.attempt <= message.max_retries:
-            delay = min(self.config.retry_backoff * 2 ** (message.attempt - 1), self.config.retry_backoff_max)
+            delay = retry_delay(self.config, message.attempt)
             message.status = TaskStatus.RETRYING
-            if not await self._save_unless_cancelled(message):
-                return
+            if not await broker.save_unless_cancelled(message, previous=TaskStatus.RUNNING, ack=ack):
+                await broker.settle(ack)
+                return None
             self.log.info("task %s attempt %d failed (%s); retrying in %.2fs", task_id, message.attempt, error, delay)
-            raise Retry(defer=delay)
+            return delay
         message.status = TaskStatus.FAILED
         message.completed_at = utcnow()
-        await self._save_unless_cancelled(message)
+        if not await broker.save_unless_cancelled(message, previous=TaskStatus.RUNNING, ack=ack):
+            await broker.settle(ack)
         self.log.warning("task %s failed after %d attempt(s): %s", task_id, message.attempt, error)
-
-    async def _save_unless_cancelled(self, message: TaskMessage) -> bool:
-        """Record an attempt's outcome, unless the task was cancelled while it ran: the cancellation stands."""
-        current = await self.broker.get_task_status(message.task_id)
-        if current is not None and current.status == TaskStatus.CANCELLED:
-            self.log.info("task %s was cancelled while it ran; its outcome is dropped", message.task_id)
-            return False
-        await self.broker.save_task(message)
-        return True
+        return None
 
     async def _execute(self, message: TaskMessage, context: TaskContext) -> Any:
         """Run the task, or each payload of a chunked task in turn (one item failing does not stop the rest)."""

@@ -253,16 +253,16 @@ class MessageBroker:
                     message.status = TaskStatus.FAILED
                     message.completed_at = utcnow()
                     message.error = f"dependency {failed_dep} {deps[failed_dep]}"
-                    self._status_ops(pipe, message)
+                    self._status_ops(pipe, message, previous=None)
                 elif unfinished:
                     message.status = TaskStatus.WAITING
-                    self._status_ops(pipe, message)
+                    self._status_ops(pipe, message, previous=None)
                     pipe.sadd(self.keys.waiting_on(message.task_id), *unfinished)
                     for dep in unfinished:
                         pipe.sadd(self.keys.dependents(dep), message.task_id)
                     waiting.append(message)
                 else:
-                    self._dispatch_ops(pipe, message)
+                    self._dispatch_ops(pipe, message, previous=None)
             await pipe.execute()
         # A dependency may have finished between the status check and the write above: settle it now.
         for message in waiting:
@@ -289,11 +289,13 @@ class MessageBroker:
             statuses[dep_id] = dep.status
         return statuses
 
-    async def _release_dependents(self, message: TaskMessage, *, only: str | None = None) -> None:
+    async def _release_dependents(
+        self, message: TaskMessage, *, only: str | None = None, dependents: list[str] | None = None
+    ) -> None:
         """After ``message`` became final: start dependents whose last dependency it was, or fail them."""
         if only:
             dependents = [only]
-        else:
+        elif dependents is None:
             dependents = _text(await _awaited(self.redis.smembers(self.keys.dependents(message.task_id))))
         for dependent_id in dependents:
             if message.status == TaskStatus.COMPLETED:
@@ -329,15 +331,16 @@ class MessageBroker:
         message.queue = self._queue_for(message.priority, node)
         message.assigned_node = node
 
-    def _dispatch_ops(self, pipe: Any, message: TaskMessage) -> None:
+    def _dispatch_ops(self, pipe: Any, message: TaskMessage, previous: TaskStatus | None | str = "unknown") -> None:
         """Queue a placed task, or park it (status ``waiting``) until a fitting node comes online."""
         if message.queue:
             message.status = TaskStatus.PENDING
-            self._queue_ops(pipe, message)
-            pipe.zrem(self.keys.unrouted, message.task_id)
+            self._queue_ops(pipe, message, previous)
+            if previous is not None:
+                pipe.zrem(self.keys.unrouted, message.task_id)
         else:
             message.status = TaskStatus.WAITING
-            self._status_ops(pipe, message)
+            self._status_ops(pipe, message, previous)
             pipe.zadd(self.keys.unrouted, {message.task_id: time.time()})
 
     async def dispatch(self, message: TaskMessage, *, node: str | None = None) -> None:
@@ -416,18 +419,23 @@ class MessageBroker:
             return self.keys.node_queue(node)
         return self.keys.high_queue if level >= HIGH_PRIORITY_LEVEL else self.keys.background_queue
 
-    def _queue_ops(self, pipe: Any, message: TaskMessage) -> None:
+    def _queue_ops(self, pipe: Any, message: TaskMessage, previous: TaskStatus | None | str = "unknown") -> None:
         """Pipeline commands that store ``message`` as pending and put its ARQ job on its queue."""
         now_ms = int(time.time() * 1000)
         job = serialize_job(
             RUN_FUNCTION, (message.task_id,), {}, None, now_ms, serializer=job_serializer
         )
         ttl_ms = int(max(self.config.result_ttl, 86400) * 1000)
-        self._status_ops(pipe, message)
+        self._status_ops(pipe, message, previous)
         pipe.psetex(job_key_prefix + message.engine_job_id, ttl_ms, job)
         pipe.zadd(message.queue, {message.engine_job_id: now_ms - message.priority * PRIORITY_STEP_MS})
 
-    def _status_ops(self, pipe: Any, message: TaskMessage) -> None:
+    def _status_ops(self, pipe: Any, message: TaskMessage, previous: TaskStatus | None | str = "unknown") -> None:
+        """Commands that store ``message`` and move it between status indexes.
+
+        ``previous`` is the status it had, when the caller knows it (``None`` for a new task): then only
+        that index is touched, instead of every other one.
+        """
         now = time.time()
         data = wire.dumps(message)
         if message.is_terminal:
@@ -441,13 +449,16 @@ class MessageBroker:
                 pipe.pexpire(events, ttl)
         else:
             pipe.set(self.keys.task(message.task_id), data)
-        for status in TaskStatus:
-            if status != message.status:
-                pipe.zrem(self.keys.status_index(status), message.task_id)
+        if previous == "unknown":
+            for status in TaskStatus:
+                if status != message.status:
+                    pipe.zrem(self.keys.status_index(status), message.task_id)
+        elif previous is not None and previous != message.status:
+            pipe.zrem(self.keys.status_index(previous), message.task_id)
         pipe.zadd(self.keys.status_index(message.status), {message.task_id: now})
         if message.status == TaskStatus.FAILED:
             pipe.zadd(self.keys.dead_letters, {message.task_id: now})
-        else:
+        elif previous in ("unknown", TaskStatus.FAILED):
             pipe.zrem(self.keys.dead_letters, message.task_id)
 
     # --- task state ------------------------------------------------------------------------------------
@@ -464,13 +475,31 @@ class MessageBroker:
         raws = await self.redis.mget([self.keys.task(t) for t in ids])
         return [None if raw is None else wire.loads(raw, TaskMessage) for raw in raws]
 
-    async def save_task(self, message: TaskMessage) -> None:
+    async def save_task(self, message: TaskMessage, previous: TaskStatus | None | str = "unknown") -> None:
         """Store ``message`` and move it to its status index in one transaction."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            self._status_ops(pipe, message)
-            await pipe.execute()
-        if message.is_terminal:
-            await self._release_dependents(message)
+            self._status_ops(pipe, message, previous)
+            if message.is_terminal:
+                pipe.smembers(self.keys.dependents(message.task_id))
+            results = await pipe.execute()
+        if message.is_terminal and results[-1]:
+            await self._release_dependents(message, dependents=_text(results[-1]))
+
+    async def settle(self, ack: Any) -> None:
+        """Finish the engine's job for a task a spore skipped (ARQ: nothing, it settles its own jobs)."""
+
+    async def save_unless_cancelled(
+        self, message: TaskMessage, *, previous: TaskStatus | None | str = "unknown", ack: Any = None
+    ) -> bool:
+        """Record a spore's progress on a task, unless it was cancelled meanwhile (the cancellation stands).
+
+        ``ack`` is the engine's handle on the job (unused here: ARQ settles its own jobs).
+        """
+        if await self.redis.exists(self.keys.cancelled(message.task_id)):
+            logger.info("task %s was cancelled while it ran; its outcome is dropped", message.task_id)
+            return False
+        await self.save_task(message, previous)
+        return True
 
     async def update_task_status(
         self,
@@ -557,6 +586,7 @@ class MessageBroker:
         if message is None or message.is_terminal:
             return False
         await self._drop_engine_job(message)
+        await self.redis.set(self.keys.cancelled(task_id), b"1", px=int(self.config.result_ttl * 1000))
         message.status = TaskStatus.CANCELLED
         message.completed_at = utcnow()
         message.error = message.error or "cancelled"
@@ -578,7 +608,7 @@ class MessageBroker:
         nodes = await self.get_nodes() if message.requirements else []
         self._place(message, nodes)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self.keys.done(task_id))
+            pipe.delete(self.keys.done(task_id), self.keys.cancelled(task_id))
             self._dispatch_ops(pipe, message)
             await pipe.execute()
         return True
@@ -602,10 +632,7 @@ class MessageBroker:
             ):
                 return None
             pipe.multi()
-            old_job = current.engine_job_id
-            for queue in {current.queue, *self.keys.queues} - {""}:
-                pipe.zrem(queue, old_job)
-            pipe.delete(job_key_prefix + old_job, retry_key_prefix + old_job, in_progress_key_prefix + old_job)
+            self._drop_ops(pipe, current)
             current.error = f"zombie: {reason}"
             if current.attempt >= current.max_retries + 1:
                 current.status = TaskStatus.FAILED
@@ -727,15 +754,24 @@ class MessageBroker:
         return counts
 
     async def _drop_engine_job(self, message: TaskMessage) -> None:
-        job = message.engine_job_id
         async with self.redis.pipeline(transaction=True) as pipe:
-            for queue in {message.queue, *self.keys.queues} - {""}:
-                pipe.zrem(queue, job)
+            self._drop_ops(pipe, message)
             pipe.zrem(self.keys.unrouted, message.task_id)
-            pipe.delete(job_key_prefix + job, retry_key_prefix + job, in_progress_key_prefix + job)
             await pipe.execute()
 
+    def _drop_ops(self, pipe: Any, message: TaskMessage) -> None:
+        """Commands that take the task's current engine job off its queue (ARQ: the sorted set and job keys)."""
+        job = message.engine_job_id
+        for queue in {message.queue, *self.keys.queues} - {""}:
+            pipe.zrem(queue, job)
+        pipe.delete(job_key_prefix + job, retry_key_prefix + job, in_progress_key_prefix + job)
+
     # --- cluster view ----------------------------------------------------------------------------------
+
+    def _depth_ops(self, pipe: Any) -> None:
+        """Exactly two commands whose replies are the high and background queue depths."""
+        pipe.zcard(self.keys.high_queue)
+        pipe.zcard(self.keys.background_queue)
 
     async def get_queue_stats(self) -> dict[str, int]:
         """Counts for the whole cluster. Queue lengths include jobs a spore has started but not finished."""
@@ -744,8 +780,7 @@ class MessageBroker:
             for status in TaskStatus:
                 if status.is_terminal:
                     pipe.zremrangebyscore(self.keys.status_index(status), "-inf", cutoff)
-            pipe.zcard(self.keys.high_queue)
-            pipe.zcard(self.keys.background_queue)
+            self._depth_ops(pipe)
             for status in TaskStatus:
                 pipe.zcard(self.keys.status_index(status))
             results = await pipe.execute()
