@@ -256,12 +256,23 @@ def broadcast(state: State, command: str, data: str | None, targets: tuple[str, 
 
 
 @cli.command()
+@click.option("--monitor-address", help="Address the Hive Monitor listens on (HIVE_MONITOR_ADDRESS).")
+@click.option("--monitor-port", type=click.IntRange(1, 65535), help="Port of the Hive Monitor (HIVE_MONITOR_PORT).")
+@click.option("--no-monitor", is_flag=True, help="Do not serve the Hive Monitor dashboard (HIVE_MONITOR=false).")
 @pass_state
-def nexus(state: State) -> None:
-    """Run the master: Foreman's cluster view and the watchdog (zombies, stranded tasks, dead letters)."""
+def nexus(state: State, monitor_address: str | None, monitor_port: int | None, no_monitor: bool) -> None:
+    """Run the master: Foreman's cluster view, the watchdog (zombies, stranded tasks, dead letters) and the
+    Hive Monitor dashboard."""
     from .nexus import Nexus
 
-    _run(Nexus(state.kernel()).run())
+    overrides: dict[str, Any] = {}
+    if monitor_address:
+        overrides["monitor_address"] = monitor_address
+    if monitor_port:
+        overrides["monitor_port"] = monitor_port
+    if no_monitor:
+        overrides["monitor"] = False
+    _run(Nexus(state.kernel(**overrides)).run())
 
 
 @cli.command()
@@ -432,18 +443,30 @@ def plugins(state: State, show_all: bool, hook: str | None) -> None:
 @click.option("--embedded", type=click.Choice(["auto", "always", "redis-server", "fakeredis"]), default="auto",
               show_default=True, help="auto: use a configured or default Redis if one answers, else start one.")
 @click.option("--no-nexus", is_flag=True, help="Do not start a nexus (watchdog) process.")
+@click.option("--monitor-port", type=click.IntRange(1, 65535), help="Port of the nexus's Hive Monitor.")
+@click.option("--no-monitor", is_flag=True, help="The nexus serves no Hive Monitor dashboard.")
 @pass_state
 def up(state: State, spores: int, concurrency: int | None, apps: tuple[str, ...], embedded: str,
-       no_nexus: bool) -> None:
+       no_nexus: bool, monitor_port: int | None = None, no_monitor: bool = False) -> None:
     """Start Redis (if needed) and N local spores; Ctrl-C stops them all cleanly."""
     # SIGTERM (a process manager's stop) takes Ctrl-C's clean path; by default it killed only this
     # process, orphaning the spores (and, with an embedded Redis, cutting them off mid-task).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    with LocalCluster(state.config(), spores=spores, concurrency=concurrency, apps=apps, embedded=embedded,
-                      nexus=not no_nexus) as local:
+    config = state.config()
+    if monitor_port:
+        config = config.evolve(monitor_port=monitor_port)
+    if no_monitor:
+        config = config.evolve(monitor=False)
+    # The nexus gets the monitor settings as resolved here (from --config too), the spores never the token.
+    nexus_env = {k: v for k, v in config.to_env().items() if k.startswith("HIVE_MONITOR") and v}
+    with LocalCluster(config, spores=spores, concurrency=concurrency, apps=apps, embedded=embedded,
+                      nexus=not no_nexus, nexus_env=nexus_env) as local:
         click.echo(f"hive up: Redis is {local.redis_description}")
         click.echo(f"hive up: {spores} spore(s){'' if no_nexus else ' and a nexus'} running; "
                    f"REDIS_URL={local.safe_url}  (Ctrl-C to stop)")
+        if not no_nexus and config.monitor:
+            host = f"[{config.monitor_address}]" if ":" in config.monitor_address else config.monitor_address
+            click.echo(f"hive up: Hive Monitor at http://{host}:{config.monitor_port}/")
         try:
             local.wait()
         except KeyboardInterrupt:
@@ -464,8 +487,10 @@ class LocalCluster:
         extra_env: dict[str, str] | None = None,
         quiet: bool = False,
         nexus: bool = False,
+        nexus_env: dict[str, str] | None = None,
     ) -> None:
         self.nexus = nexus
+        self.nexus_env = nexus_env or {}
         self.config = config
         self.spores = spores
         self.concurrency = concurrency
@@ -504,7 +529,7 @@ class LocalCluster:
             self.procs.append(subprocess.Popen(argv, env=env))
         if self.nexus:
             argv = [sys.executable, "-m", "hive_framework", "--log-level", "warning" if self.quiet else "info", "nexus"]
-            self.procs.append(subprocess.Popen(argv, env=env))
+            self.procs.append(subprocess.Popen(argv, env={**env, **self.nexus_env}))
         return self
 
     def wait(self) -> None:

@@ -20,7 +20,10 @@ from dotenv import dotenv_values
 from .errors import ConfigError
 
 # Environment names that belong to hive but are not settings.
-NON_SETTING_ENV = frozenset({"HIVE_CONFIG", "HIVE_ENV_FILE", "HIVE_REQUIRE_REDIS", "HIVE_TEST_REDIS_URL"})
+NON_SETTING_ENV = frozenset(
+    {"HIVE_CONFIG", "HIVE_ENV_FILE", "HIVE_REQUIRE_REDIS", "HIVE_TEST_REDIS_URL", "HIVE_REQUIRE_BROWSER",
+     "HIVE_TEST_BROKER"}
+)
 
 
 def _label(attribute: attrs.Attribute[Any]) -> str:
@@ -106,12 +109,28 @@ class HiveConfig:
     state_dir: str = _setting(
         "", "HIVE_STATE_DIR", "Where a spore keeps its node id (default: ~/.local/state/hive-framework)."
     )
+    broker: str = _setting(
+        "arq", "HIVE_BROKER", "Queue engine: a create_broker plugin's name (arq or streams built in)."
+    )
     balancer: str = _setting("load_score", "HIVE_BALANCER", "Balancing strategy: a route_task plugin's name.")
     balancer_weights: tuple[float, float, float] = _setting(
         (0.4, 0.3, 0.3), "HIVE_BALANCER_WEIGHTS", "load_score weights for cpu, memory and tasks (comma separated)."
     )
     watchdog_interval: float = _setting(
         5.0, "HIVE_WATCHDOG_INTERVAL", "How often the nexus looks for zombies and stranded tasks, seconds.", _positive
+    )
+    monitor: bool = _setting(True, "HIVE_MONITOR", "Serve the Hive Monitor dashboard (and /metrics) from `hive nexus`.")
+    monitor_address: str = _setting(
+        "127.0.0.1", "HIVE_MONITOR_ADDRESS", "Address the Hive Monitor listens on (0.0.0.0: every interface)."
+    )
+    monitor_port: int = _setting(8765, "HIVE_MONITOR_PORT", "TCP port of the Hive Monitor.", _port)
+    monitor_token: str = attrs.field(
+        default="",
+        repr=False,
+        metadata={
+            "env": "HIVE_MONITOR_TOKEN",
+            "doc": "Bearer token the Hive Monitor's actions require; empty: actions refused (never logged).",
+        },
     )
     apps: tuple[str, ...] = _setting((), "HIVE_APP", "Modules with task types to load (comma separated).")
     disable_plugins: tuple[str, ...] = _setting((), "HIVE_DISABLE_PLUGINS", "Plugin names to block.")

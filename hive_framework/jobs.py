@@ -102,6 +102,10 @@ class MapJob:
         self.started = time.monotonic()
         self.task_ids = await self.broker.enqueue_many(specs)
         self._indexes = dict(zip(self.task_ids, groups, strict=True))
+        record = getattr(self.broker, "record_job", None)
+        if record is not None:  # so the Hive Monitor can show the job and its progress
+            await record(self.job_id, task_type=self.task_type, tasks=len(self.task_ids), items=len(self.items),
+                         description=self.description)
         return self.task_ids
 
     async def stream(self, timeout: float | None = None) -> AsyncIterator[ItemOutcome]:

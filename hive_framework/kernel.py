@@ -173,9 +173,17 @@ class Kernel:
     # --- hook calls -----------------------------------------------------------------------------------
 
     def create_broker(self) -> MessageBroker:
-        broker: MessageBroker | None = self.pm.hook.create_broker(kernel=self)
+        wanted = self.config.broker
+        impls = [i for i in self.pm.hook.create_broker.get_hookimpls() if i.plugin_name == wanted]
+        if not impls:
+            installed = sorted(i.plugin_name for i in self.pm.hook.create_broker.get_hookimpls())
+            raise PluginError(
+                f"HIVE_BROKER names {wanted!r}, which is not an installed broker (create_broker); "
+                f"installed: {', '.join(installed) or 'none'}"
+            )
+        broker: MessageBroker | None = self._only(impls[0].plugin, "create_broker")(kernel=self)
         if broker is None:
-            raise PluginError("no plugin implements create_broker (is the 'broker' plugin disabled?)")
+            raise PluginError(f"broker plugin {wanted!r} returned no broker")
         return broker
 
     def balancers(self) -> list[str]:

@@ -59,6 +59,20 @@ class Keys:
         """Stream with one entry per task of a map-reduce job that became final (readers never poll tasks)."""
         return f"{self.prefix}:job:{job_id}:events"
 
+    def job_info(self, job_id: str) -> str:
+        """Hash describing a map-reduce job (task_type, tasks, items, description, created_at), for the monitor."""
+        return f"{self.prefix}:job:{job_id}:info"
+
+    @property
+    def jobs(self) -> str:
+        """Sorted set of map-reduce job ids, scored by when they were submitted."""
+        return f"{self.prefix}:jobs"
+
+    @property
+    def ota_rollout(self) -> str:
+        """Hash node_id -> that node's OTA update state (JSON object or plain text), written by an OTA plugin."""
+        return f"{self.prefix}:ota:rollout"
+
     def node(self, node_id: str) -> str:
         """JSON :class:`NodeInfo`, with a TTL a few heartbeats long."""
         return f"{self.prefix}:node:{node_id}"
@@ -76,6 +90,16 @@ class Keys:
     def node_infos(self) -> str:
         """Hash node_id -> last :class:`NodeInfo` JSON (kept after the node key expires, to show it offline)."""
         return f"{self.prefix}:nodeinfo"
+
+    @property
+    def delayed(self) -> str:
+        """Sorted set of retries waiting out their backoff (streams broker), scored by due time in ms."""
+        return f"{self.prefix}:delayed"
+
+    @property
+    def stream_entries(self) -> str:
+        """Hash engine job id -> stream entry id of queued jobs (streams broker), so a job can be dropped."""
+        return f"{self.prefix}:entries"
 
     @property
     def unrouted(self) -> str:

@@ -107,11 +107,14 @@ class Watchdog:
 class Nexus:
     """``hive nexus``: Foreman (cluster view, balancing) and the watchdog in one process."""
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: Kernel, *, monitor: bool | None = None) -> None:
         self.kernel = kernel
         self.broker = kernel.create_broker()
         self.foreman = ForemanAgent(self.broker)
         self.watchdog = Watchdog(self.broker)
+        #: Serve the Hive Monitor (``HIVE_MONITOR``, default on); the server once it listens.
+        self.serve_monitor = kernel.config.monitor if monitor is None else monitor
+        self.monitor: Any = None
         self._stop = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -127,11 +130,27 @@ class Nexus:
         sweeper = asyncio.create_task(self.watchdog.run(), name="hive-watchdog")
         logger.info("nexus %s running: watchdog every %ss", self.watchdog.identity, self.watchdog.interval)
         try:
+            if self.serve_monitor:
+                await self._start_monitor()
             await self._stop.wait()
         finally:
+            if self.monitor is not None:
+                with contextlib.suppress(Exception):
+                    await self.monitor.stop()
             sweeper.cancel()
             await asyncio.gather(sweeper, return_exceptions=True)
             await self.foreman.stop()
             with contextlib.suppress(Exception):
                 await self.watchdog.release_lease()
             await self.broker.disconnect()
+
+    async def _start_monitor(self) -> None:
+        """Serve the Hive Monitor; a failure to serve it (a port in use...) is a warning, never the nexus's end."""
+        try:
+            from .monitor import MonitorServer
+
+            server = MonitorServer(self.broker, watchdog=self.watchdog)
+            if await server.start():
+                self.monitor = server
+        except Exception:
+            logger.exception("Hive Monitor not served")

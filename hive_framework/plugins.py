@@ -22,7 +22,8 @@ ENTRY_POINT_GROUP = "hive_framework.plugins"
 #: third-party ones. The three balancers are strategies; ``HIVE_BALANCER`` picks one.
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("tasks", "hive_framework.default_plugins.tasks"),
-    ("broker", "hive_framework.default_plugins.broker"),
+    ("arq", "hive_framework.default_plugins.broker"),
+    ("streams", "hive_framework.default_plugins.streams"),
     ("load_score", "hive_framework.default_plugins.foreman:load_score_balancer"),
     ("least_tasks", "hive_framework.default_plugins.foreman:least_tasks_balancer"),
     ("round_robin", "hive_framework.default_plugins.foreman:round_robin_balancer"),

@@ -61,7 +61,10 @@ def fast_config(redis_url: str, **overrides: Any) -> HiveConfig:
         "retry_backoff_max": 0.5,
         "shutdown_grace": 5.0,
         "task_timeout": 30.0,
+        "monitor": False,  # a test nexus serves no dashboard unless the test asks (monitor=True, monitor_port=...)
     }
+    if os.environ.get("HIVE_TEST_BROKER"):
+        values["broker"] = os.environ["HIVE_TEST_BROKER"]
     values.update(overrides)
     return HiveConfig.load(environ={}, env_file=os.devnull, toml_file=None, **values)
 

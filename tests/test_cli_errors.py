@@ -137,7 +137,9 @@ def snapshot(config: HiveConfig) -> tuple[Any, ...]:
     client = redis.Redis.from_url(config.redis_url)
     try:
         keys = sorted(client.scan_iter(match=f"{config.key_prefix}:*", count=1000))
-        return keys, client.zcard(config.high_priority_queue), client.zcard(config.background_queue)
+        depth = {b"zset": client.zcard, b"stream": client.xlen, b"none": lambda _key: 0}
+        queues = (config.high_priority_queue, config.background_queue)
+        return keys, *(depth[client.type(q)](q) for q in queues)
     finally:
         client.close()
 

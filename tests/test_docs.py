@@ -98,7 +98,7 @@ def test_readme_opens_with_exactly_two_commands():
     # .ci/run runs these two lines; it refuses any other count
     commands = first_code_block(README.read_text(encoding="utf-8"))
     assert len(commands) == 2, commands
-    assert "hive demo" in commands[0]
+    assert "hive scan" in commands[0]
     assert "nox" in commands[1]
 
 

@@ -117,9 +117,12 @@ async def test_zombie_of_a_dead_node_is_detected_and_retried_under_a_fresh_engin
     assert (retried.status, retried.attempt, retried.assigned_node) == (TaskStatus.PENDING, 0, None)
     assert retried.engine_job_id != running.engine_job_id
     assert retried.engine_job_id.startswith(f"{task_id}.r")
-    queue = hive.kernel.keys.background_queue
-    assert await hive.broker.redis.zscore(queue, running.engine_job_id) is None
-    assert await hive.broker.redis.zscore(queue, retried.engine_job_id) is not None
+    queued = {job for job, _ in await hive.broker.queued_jobs(retried.queue)}
+    assert retried.engine_job_id in queued
+    if hive.config.broker == "arq":
+        assert running.engine_job_id not in queued
+    # (the streams broker leaves the old entry in place: the spore that reads it skips it, as its job id no
+    # longer matches; "exactly once" below holds for both)
     # and a new spore runs it to completion, exactly once
     medic = spore_processes("medic", apps=(BASIC,), concurrency=1)
     done = await hive.wait(task_id, timeout=20)

@@ -33,9 +33,10 @@ async def snapshot(hive: Hive) -> dict[str, Any]:
     sizes = {}
     for key in keys:
         kind = (await redis.type(key)).decode()
-        size = {"zset": redis.zcard, "list": redis.llen, "set": redis.scard, "string": redis.strlen}[kind]
+        size = {"zset": redis.zcard, "list": redis.llen, "set": redis.scard, "string": redis.strlen,
+                "stream": redis.xlen, "hash": redis.hlen}[kind]
         sizes[key.decode()] = (kind, await size(key))
-    queues = {q: await redis.zrange(q, 0, -1, withscores=True) for q in hive.kernel.keys.queues}
+    queues = {q: await hive.broker.queued_jobs(q) for q in hive.kernel.keys.queues}
     return {"keys": sizes, "queues": queues}
 
 

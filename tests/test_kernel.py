@@ -50,7 +50,7 @@ def test_default_plugins_are_registered_by_name() -> None:
     # Given a fresh kernel
     kernel = new_kernel()
     # Then each built-in plugin is registered under its name (a module, or an object in one)
-    assert {"tasks", "broker", "mapreduce", "control"} <= DEFAULT_NAMES <= set(kernel.plugin_names())
+    assert {"tasks", "arq", "streams", "mapreduce", "control"} <= DEFAULT_NAMES <= set(kernel.plugin_names())
     for name, path in DEFAULT_PLUGINS:
         plugin = kernel.pm.get_plugin(name)
         assert path.partition(":")[0] in (getattr(plugin, "__name__", None), type(plugin).__module__)
@@ -197,7 +197,7 @@ async def test_disable_plugins_blocks_a_default() -> None:
 
 
 def test_disabling_the_broker_is_a_clear_error_when_one_is_needed() -> None:
-    kernel = new_kernel(disable_plugins=("broker",))
+    kernel = new_kernel(disable_plugins=("arq", "streams"))
     with pytest.raises(PluginError, match="create_broker"):
         kernel.create_broker()
 
@@ -416,7 +416,7 @@ def test_describe_plugins_shape() -> None:
     # And --all adds the built-ins, --hook filters by hook
     every = {row["name"]: row for row in kernel.describe_plugins(include_defaults=True)}
     assert DEFAULT_NAMES | {"extra", "talker"} <= set(every)
-    assert "create_broker" in every["broker"]["hooks"]
+    assert "create_broker" in every["arq"]["hooks"]
     assert "reduce" in every["mapreduce"]["hooks"]
     by_hook = kernel.describe_plugins(include_defaults=True, hook="on_broadcast")
     assert [r["name"] for r in by_hook] == ["control", "talker"]

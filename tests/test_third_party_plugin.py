@@ -89,7 +89,7 @@ def test_hive_plugins_lists_the_installed_plugin_with_its_task_type(plugin_path:
 def test_the_plugin_is_found_by_hook_and_listed_beside_the_defaults(plugin_path: str) -> None:
     assert "example" in listed(hive_plugins(plugin_path, "--hook", "on_broadcast"))
     assert "example" not in listed(hive_plugins(plugin_path, "--hook", "execute"))
-    assert {"example", "tasks", "broker"} <= set(listed(hive_plugins(plugin_path, "--all")))
+    assert {"example", "tasks", "arq"} <= set(listed(hive_plugins(plugin_path, "--all")))
 
 
 @pytest.mark.parametrize(

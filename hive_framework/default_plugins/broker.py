@@ -137,7 +137,26 @@ class TaskSpec:
 class MessageBroker:
     """Redis + ARQ broker with the seed's API. ``MessageBroker()`` reads settings from the environment."""
 
+    def __new__(cls, kernel: Kernel | None = None, *, redis: Redis | None = None) -> MessageBroker:
+        """``MessageBroker(...)``, the seed's constructor, builds the broker ``HIVE_BROKER`` selects."""
+        if cls is MessageBroker:
+            if kernel is None:
+                from ..kernel import Kernel
+
+                kernel = Kernel()
+            if kernel.config.broker != "arq":
+                chosen = kernel.create_broker()
+                if redis is not None and isinstance(chosen, MessageBroker):
+                    chosen._redis, chosen._owns_redis = redis, False
+                return chosen
+            instance = super().__new__(cls)
+            MessageBroker.__init__(instance, kernel, redis=redis)
+            return instance
+        return super().__new__(cls)
+
     def __init__(self, kernel: Kernel | None = None, *, redis: Redis | None = None) -> None:
+        if getattr(self, "kernel", None) is not None:
+            return  # built by __new__ already
         if kernel is None:
             from ..kernel import Kernel
 
@@ -331,7 +350,7 @@ class MessageBroker:
         message.queue = self._queue_for(message.priority, node)
         message.assigned_node = node
 
-    def _dispatch_ops(self, pipe: Any, message: TaskMessage, previous: TaskStatus | None | str = "unknown") -> None:
+    def _dispatch_ops(self, pipe: Any, message: TaskMessage, previous: TaskStatus | str | None = "unknown") -> None:
         """Queue a placed task, or park it (status ``waiting``) until a fitting node comes online."""
         if message.queue:
             message.status = TaskStatus.PENDING
@@ -419,7 +438,7 @@ class MessageBroker:
             return self.keys.node_queue(node)
         return self.keys.high_queue if level >= HIGH_PRIORITY_LEVEL else self.keys.background_queue
 
-    def _queue_ops(self, pipe: Any, message: TaskMessage, previous: TaskStatus | None | str = "unknown") -> None:
+    def _queue_ops(self, pipe: Any, message: TaskMessage, previous: TaskStatus | str | None = "unknown") -> None:
         """Pipeline commands that store ``message`` as pending and put its ARQ job on its queue."""
         now_ms = int(time.time() * 1000)
         job = serialize_job(
@@ -430,7 +449,7 @@ class MessageBroker:
         pipe.psetex(job_key_prefix + message.engine_job_id, ttl_ms, job)
         pipe.zadd(message.queue, {message.engine_job_id: now_ms - message.priority * PRIORITY_STEP_MS})
 
-    def _status_ops(self, pipe: Any, message: TaskMessage, previous: TaskStatus | None | str = "unknown") -> None:
+    def _status_ops(self, pipe: Any, message: TaskMessage, previous: TaskStatus | str | None = "unknown") -> None:
         """Commands that store ``message`` and move it between status indexes.
 
         ``previous`` is the status it had, when the caller knows it (``None`` for a new task): then only
@@ -475,7 +494,7 @@ class MessageBroker:
         raws = await self.redis.mget([self.keys.task(t) for t in ids])
         return [None if raw is None else wire.loads(raw, TaskMessage) for raw in raws]
 
-    async def save_task(self, message: TaskMessage, previous: TaskStatus | None | str = "unknown") -> None:
+    async def save_task(self, message: TaskMessage, previous: TaskStatus | str | None = "unknown") -> None:
         """Store ``message`` and move it to its status index in one transaction."""
         async with self.redis.pipeline(transaction=True) as pipe:
             self._status_ops(pipe, message, previous)
@@ -489,7 +508,7 @@ class MessageBroker:
         """Finish the engine's job for a task a spore skipped (ARQ: nothing, it settles its own jobs)."""
 
     async def save_unless_cancelled(
-        self, message: TaskMessage, *, previous: TaskStatus | None | str = "unknown", ack: Any = None
+        self, message: TaskMessage, *, previous: TaskStatus | str | None = "unknown", ack: Any = None
     ) -> bool:
         """Record a spore's progress on a task, unless it was cancelled meanwhile (the cancellation stands).
 
@@ -579,6 +598,19 @@ class MessageBroker:
                 if message is not None and message.is_terminal and message.task_id not in seen:
                     seen.add(message.task_id)
                     yield message
+
+    async def record_job(self, job_id: str, *, task_type: str, tasks: int, items: int, description: str = "") -> None:
+        """Note a map-reduce job (kept ``HIVE_RESULT_TTL``) so the monitor can list it with its progress."""
+        now = time.time()
+        ttl_ms = int(self.config.result_ttl * 1000)
+        info = {"task_type": task_type, "tasks": tasks, "items": items, "description": description[:500],
+                "created_at": now}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.job_info(job_id), mapping=info)
+            pipe.pexpire(self.keys.job_info(job_id), ttl_ms)
+            pipe.zadd(self.keys.jobs, {job_id: now})
+            pipe.zremrangebyscore(self.keys.jobs, "-inf", now - self.config.result_ttl)
+            await pipe.execute()
 
     async def cancel_task(self, task_id: str) -> bool:
         """Cancel a task that has not finished; a running one finishes its attempt but is not retried."""
@@ -734,8 +766,7 @@ class MessageBroker:
         queued_for = {k[len(queue_prefix) :] for k in found}
         for node_id in (known | queued_for) - online:
             queue = self.keys.node_queue(node_id)
-            for raw_job in await self.redis.zrange(queue, 0, -1):
-                job = raw_job.decode() if isinstance(raw_job, bytes) else raw_job
+            for job, handle in await self.queued_jobs(queue):
                 # The job id is the task id, or the task id plus ".<suffix>" (task ids may contain dots).
                 candidates = [m for m in await self.get_tasks([job, job.rpartition(".")[0] or job])
                               if m is not None and m.engine_job_id == job]
@@ -745,13 +776,23 @@ class MessageBroker:
                 if node_id not in known and not message.requirements:
                     continue
                 task_id = message.task_id
-                if not await self.redis.zrem(queue, job):
+                if not await self._unqueue_job(queue, job, handle):
                     continue
-                await self.redis.delete(job_key_prefix + job)
                 message.engine_job_id = f"{task_id}.n{uuid.uuid4().hex[:8]}"
                 await self.dispatch(message)
                 counts["rerouted"] += 1
         return counts
+
+    async def queued_jobs(self, queue: str) -> list[tuple[str, Any]]:
+        """(engine job id, handle) of every job waiting on ``queue``."""
+        return [(job, job) for job in _text(await self.redis.zrange(queue, 0, -1))]
+
+    async def _unqueue_job(self, queue: str, job: str, handle: Any) -> bool:
+        """Take one job off ``queue``; ``False`` if someone else took it first."""
+        if not await self.redis.zrem(queue, job):
+            return False
+        await self.redis.delete(job_key_prefix + job)
+        return True
 
     async def _drop_engine_job(self, message: TaskMessage) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
