@@ -1,0 +1,1 @@
+"""The safe twin of the vulnerable sample application."""

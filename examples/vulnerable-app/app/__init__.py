@@ -1,0 +1,1 @@
+"""A deliberately insecure sample application (see ../README.md): never run it."""
