@@ -23,10 +23,17 @@ nox.options.default_venv_backend = "venv"
 nox.options.error_on_missing_interpreters = False
 
 
+#: Every broker runs the whole suite; the spores, clients and fixtures pick it up from HIVE_TEST_BROKER.
+BROKERS = ["streams", "arq"]
+
+
 @nox.session(python=PYTHONS)
-def tests(session: nox.Session) -> None:
-    """Install the project (``test`` extra) and the example plugin, then run pytest (``-- ARGS`` pass through)."""
-    session.install(".[test]", "pytest-timeout")
+@nox.parametrize("broker", BROKERS)
+def tests(session: nox.Session, broker: str) -> None:
+    """Install the project (``test`` extra) and the example plugin, then run pytest on one broker (``-- ARGS``)."""
+    session.env["HIVE_TEST_BROKER"] = broker
+    # playwright drives the system Chromium in tests/test_monitor_browser.py (never `playwright install`).
+    session.install(".[test]", "pytest-timeout", "playwright")
     if EXAMPLE_PLUGIN.is_dir():
         session.install(str(EXAMPLE_PLUGIN))
     # A hung test fails with its traceback after 5 minutes instead of stalling the whole run.

@@ -117,6 +117,7 @@ class Namespace:
             background_queue=f"{self.hive_prefix}:q:background",
             broadcast_channel=f"{self.hive_prefix}:broadcast",
             concurrency=concurrency,
+            broker=os.environ.get("BENCH_BROKER", "arq"),
         )
 
 

@@ -110,7 +110,7 @@ class HiveConfig:
         "", "HIVE_STATE_DIR", "Where a spore keeps its node id (default: ~/.local/state/hive-framework)."
     )
     broker: str = _setting(
-        "arq", "HIVE_BROKER", "Queue engine: a create_broker plugin's name (arq or streams built in)."
+        "streams", "HIVE_BROKER", "Queue engine: a create_broker plugin's name (streams or arq built in)."
     )
     balancer: str = _setting("load_score", "HIVE_BALANCER", "Balancing strategy: a route_task plugin's name.")
     balancer_weights: tuple[float, float, float] = _setting(
