@@ -70,8 +70,8 @@ class Keys:
 
     @property
     def ota_rollout(self) -> str:
-        """Hash node_id -> that node's OTA update state (JSON object or plain text), written by an OTA plugin."""
-        return f"{self.prefix}:ota:rollout"
+        """Hash node_id -> that node's OTA update state (JSON object or plain text), written by the ota plugin."""
+        return f"{self.prefix}:ota:nodes"
 
     def node(self, node_id: str) -> str:
         """JSON :class:`NodeInfo`, with a TTL a few heartbeats long."""
