@@ -100,6 +100,8 @@ def cli(
         overrides["redis_url"] = redis_url
     if toml_file:
         overrides["toml_file"] = toml_file
+        # Processes this one starts (spores, a nexus) read the same file.
+        os.environ["HIVE_CONFIG"] = os.path.abspath(toml_file)
     if apps:
         overrides["apps"] = apps
     _setup_logging(log_level)
@@ -552,9 +554,13 @@ class LocalCluster:
 
 
 def _register_plugin_commands() -> None:
-    """Let plugins add subcommands (``register_commands``) without failing the CLI if config is broken."""
+    """Let plugins add subcommands (``register_commands``) without failing the CLI if config is broken.
+
+    App modules are not imported here: an app that fails to import (or exists only in a release an OTA
+    supervisor adds) must not take the plugins' commands away; the command that needs it reports it.
+    """
     try:
-        kernel = Kernel(HiveConfig.load())
+        kernel = Kernel(HiveConfig.load().evolve(apps=()))
     except HiveError:
         return
     kernel.pm.hook.register_commands(cli=cli)
