@@ -352,42 +352,65 @@ class Spore:
         if retry_in is not None:
             raise Retry(defer=retry_in)
 
-    async def run_task(
-        self, task_id: str, engine_job_id: str, *, message: TaskMessage | None = None, ack: Any = None
-    ) -> float | None:
-        """Run one attempt of a task and record its outcome; the engine-neutral heart of a spore.
+    def begin_attempt(self, message: TaskMessage | None, engine_job_id: str) -> str:
+        """Decide what to do with a task a spore just took, and mark the attempt on ``message``.
 
-        Returns the delay before the next attempt when it failed and may retry, else ``None``. A task
-        cancelled, finished or moved to another engine job meanwhile is skipped. ``ack`` is passed to the
-        broker's saves so an engine can settle its job in the same round trip. On cancellation (shutdown)
-        the task is handed back untouched and ``CancelledError`` propagates to the engine.
+        ``"skip"``: nothing to run (no record, already final, waiting, or moved to another engine job).
+        ``"exhausted"``: out of attempts (its spores kept dying); ``message`` is now failed.
+        ``"run"``: ``message`` is now running here with ``attempt`` counted; save it, then run it.
         """
-        broker = self.broker
         if message is None:
-            message = await broker.get_task_status(task_id)
-        if message is None:
-            self.log.warning("task %s has no record (expired or deleted); dropping its job", task_id)
-            await broker.settle(ack)
-            return None
+            return "skip"
         if message.is_terminal or engine_job_id != message.engine_job_id or message.status == TaskStatus.WAITING:
-            await broker.settle(ack)
-            return None
-        previous = message.status
+            return "skip"
         message.attempt += 1
         if message.attempt > message.max_retries + 1:
             message.status = TaskStatus.FAILED
             message.completed_at = utcnow()
             lost = message.error or "the spore running it was lost"
             message.error = f"{lost} (gave up after {message.attempt - 1} attempts)"
-            await broker.save_unless_cancelled(message, previous=previous, ack=ack)
-            return None
+            return "exhausted"
         message.status = TaskStatus.RUNNING
         message.started_at = utcnow()
         message.completed_at = None
         message.assigned_node = self.node_id
-        if not await broker.save_unless_cancelled(message, previous=previous):
-            await broker.settle(ack)
-            return None
+        return "run"
+
+    async def run_task(
+        self,
+        task_id: str,
+        engine_job_id: str,
+        *,
+        message: TaskMessage | None = None,
+        ack: Any = None,
+        started: bool = False,
+    ) -> float | None:
+        """Run one attempt of a task and record its outcome; the engine-neutral heart of a spore.
+
+        Returns the delay before the next attempt when it failed and may retry, else ``None``. A task
+        cancelled, finished or moved to another engine job meanwhile is skipped. ``ack`` is passed to the
+        broker's saves so an engine can settle its job in the same round trip. ``started`` means the engine
+        already did :meth:`begin_attempt` and saved the running state (batched for many tasks). On
+        cancellation (shutdown) the task is handed back untouched and ``CancelledError`` propagates.
+        """
+        broker = self.broker
+        if not started:
+            if message is None:
+                message = await broker.get_task_status(task_id)
+            previous = message.status if message is not None else None
+            decision = self.begin_attempt(message, engine_job_id)
+            if decision == "skip" or message is None:
+                if message is None:
+                    self.log.warning("task %s has no record (expired or deleted); dropping its job", task_id)
+                await broker.settle(ack)
+                return None
+            if decision == "exhausted":
+                await broker.save_unless_cancelled(message, previous=previous, ack=ack)
+                return None
+            if not await broker.save_unless_cancelled(message, previous=previous):
+                await broker.settle(ack)
+                return None
+        assert message is not None
         context = TaskContext(
             task=message,
             node_id=self.node_id,

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import logging
 import os
 import time
@@ -19,7 +21,7 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import ResponseError, WatchError
+from redis.exceptions import NoScriptError, ResponseError, WatchError
 
 from .. import wire
 from ..errors import InvalidTask
@@ -206,10 +208,8 @@ class StreamsBroker(MessageBroker):
             pipe.hdel(self.keys.stream_entries, job)
             await pipe.execute()
 
-    async def save_unless_cancelled(
-        self, message: TaskMessage, *, previous: TaskStatus | str | None = "unknown", ack: Any = None
-    ) -> bool:
-        """Save, settle the stream entry and schedule a retry in one Lua call, skipped if the task was cancelled."""
+    def _guarded_args(self, message: TaskMessage, previous: TaskStatus | str | None, ack: Any) -> list[Any]:
+        """KEYS and ARGV of the guarded Lua call that saves ``message`` (and settles ``ack``)."""
         from ..spore import retry_delay
 
         ops = _Recorder()
@@ -227,15 +227,58 @@ class StreamsBroker(MessageBroker):
                 ops._add("HIVE.REQUEUE", stream, self.keys.stream_entries, message.task_id, message.engine_job_id)
         if message.is_terminal:
             ops.smembers(self.keys.dependents(message.task_id))
-        reply: Any = await _awaited(
-            self.redis.eval(GUARDED_SCRIPT, 1, self.keys.cancelled(message.task_id), *ops.argv())
-        )
+        return [1, self.keys.cancelled(message.task_id), *ops.argv()]
+
+    async def _script(self, client: Any, source: str, args: Sequence[Any]) -> Any:
+        """EVALSHA, falling back to EVAL (which caches the script) the first time a server lacks it."""
+        try:
+            return await _awaited(client.evalsha(_sha(source), *args))
+        except NoScriptError:
+            return await _awaited(client.eval(source, *args))
+
+    async def save_unless_cancelled(
+        self, message: TaskMessage, *, previous: TaskStatus | str | None = "unknown", ack: Any = None
+    ) -> bool:
+        """Save, settle the stream entry and schedule a retry in one Lua call, skipped if the task was cancelled."""
+        reply = await self._script(self.redis, GUARDED_SCRIPT, self._guarded_args(message, previous, ack))
+        return await self._after_save(message, reply)
+
+    async def _after_save(self, message: TaskMessage, reply: Any) -> bool:
         if not reply:
             logger.info("task %s was cancelled while it ran; its outcome is dropped", message.task_id)
             return False
         if message.is_terminal and isinstance(reply[0], list) and reply[0]:
             await self._release_dependents(message, dependents=_text(reply[0]))
         return True
+
+    async def save_many(self, items: Sequence[tuple[TaskMessage, TaskStatus | str | None]]) -> list[bool]:
+        """Save several tasks (each unless cancelled) in one pipelined round trip; a flag per task."""
+        if not items:
+            return []
+        await self.load_scripts()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for message, previous in items:
+                pipe.evalsha(_sha(GUARDED_SCRIPT), *self._guarded_args(message, previous, None))
+            replies = await pipe.execute()
+        return [await self._after_save(m, r) for (m, _), r in zip(items, replies, strict=True)]
+
+    async def settle_many(self, acks: Sequence[Any]) -> None:
+        if not acks:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, entry_id, job in acks:
+                pipe.xack(stream, GROUP, entry_id)
+                pipe.xdel(stream, entry_id)
+                pipe.hdel(self.keys.stream_entries, job)
+            await pipe.execute()
+
+    async def load_scripts(self) -> None:
+        """Make sure the server has every script (``SCRIPT LOAD`` is idempotent); needed before EVALSHA in pipelines."""
+        if getattr(self, "_scripts_loaded", None) is self._redis:
+            return
+        for source in (CLAIM_SCRIPT, GUARDED_SCRIPT, DELAYED_SCRIPT, ADD_SCRIPT, XLEN_SUM_SCRIPT):
+            await _awaited(self.redis.script_load(source))
+        self._scripts_loaded = self._redis
 
     async def assign_to_node(
         self, task_id: str, node_id: str, *, requirements: dict[str, Any] | None = None
@@ -367,8 +410,8 @@ class StreamWorker:
                 await upkeep
 
     async def _claim(self, count: int) -> list[tuple[str, Any, dict[Any, Any]]]:
-        raw: Any = await _awaited(
-            self.redis.eval(CLAIM_SCRIPT, len(self.queues), *self.queues, GROUP, self.consumer, str(count))
+        raw: Any = await self.broker._script(
+            self.redis, CLAIM_SCRIPT, [len(self.queues), *self.queues, GROUP, self.consumer, str(count)]
         )
         return [(_str(stream), entry_id, _fields(fields)) for stream, entry_id, fields in raw or []]
 
@@ -396,20 +439,36 @@ class StreamWorker:
             await pipe.execute()
 
     async def _start(self, entries: Sequence[tuple[str, Any, dict[Any, Any]]]) -> None:
+        """Begin every taken entry: running states saved in one round trip, skipped entries settled in one."""
         task_ids = [str(fields.get("t", "")) for _, _, fields in entries]
         messages = await self.broker.get_tasks(task_ids)
+        runs: list[tuple[str, str, TaskMessage, Any]] = []
+        previous_of: list[TaskStatus | None] = []
+        skips: list[Any] = []
         for (stream, entry_id, fields), message in zip(entries, messages, strict=True):
-            handle = f"{stream}{SEP}{_str(entry_id)}"
-            self._inflight[handle] = (stream, entry_id)
             job_id = str(fields.get("j", ""))
-            job = asyncio.create_task(
-                self._run(handle, str(fields.get("t", "")), job_id, message, (stream, entry_id, job_id))
-            )
-            self.tasks[handle] = job
+            ack = (stream, entry_id, job_id)
+            previous = message.status if message is not None else None
+            decision = self.spore.begin_attempt(message, job_id)
+            if decision == "skip" or message is None:
+                skips.append(ack)
+            elif decision == "exhausted":
+                await self.broker.save_unless_cancelled(message, previous=previous, ack=ack)
+            else:
+                runs.append((f"{stream}{SEP}{_str(entry_id)}", job_id, message, ack))
+                previous_of.append(previous)
+        await self.broker.settle_many(skips)
+        saved = await self.broker.save_many([(run[2], prev) for run, prev in zip(runs, previous_of, strict=True)])
+        for (handle, job_id, message, ack), ok in zip(runs, saved, strict=True):
+            if not ok:
+                await self.broker.settle(ack)
+                continue
+            self._inflight[handle] = (ack[0], ack[1])
+            self.tasks[handle] = asyncio.create_task(self._run(handle, message.task_id, job_id, message, ack))
 
     async def _run(self, handle: str, task_id: str, job: str, message: TaskMessage | None, ack: Any) -> None:
         try:
-            retry_in = await self.spore.run_task(task_id, job, message=message, ack=ack)
+            retry_in = await self.spore.run_task(task_id, job, message=message, ack=ack, started=True)
             if retry_in is not None:
                 self._retry_scheduled.set()
         except asyncio.CancelledError:
@@ -439,11 +498,9 @@ class StreamWorker:
         last_claim = 0.0
         while True:
             try:
-                next_due: Any = await _awaited(
-                    self.redis.eval(
-                        DELAYED_SCRIPT, 2, self.broker.keys.delayed, self.broker.keys.stream_entries,
-                        str(int(time.time() * 1000)), "500",
-                    )
+                next_due: Any = await self.broker._script(
+                    self.redis, DELAYED_SCRIPT,
+                    [2, self.broker.keys.delayed, self.broker.keys.stream_entries, str(int(time.time() * 1000)), "500"],
                 )
                 now = time.monotonic()
                 if now - last_claim >= self.config.lease_seconds / 2:
@@ -474,6 +531,11 @@ class StreamWorker:
             if entries:
                 logger.info("taking over %d task(s) of a lost spore from %s", len(entries), stream)
                 await self._start(entries)
+
+
+@functools.cache
+def _sha(source: str) -> str:
+    return hashlib.sha1(source.encode()).hexdigest()
 
 
 def _str(value: Any) -> str:
