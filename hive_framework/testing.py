@@ -107,24 +107,26 @@ async def async_wait_until(
         await asyncio.sleep(interval)
 
 
-class SporeProcess:
-    """A spore running as a real OS process (``python -m hive_framework spore``)."""
+class HiveProcess:
+    """A ``python -m hive_framework ...`` process with the settings of ``config``, logging to a file."""
 
-    def __init__(self, config: HiveConfig, name: str, *, apps: tuple[str, ...] = (), concurrency: int = 4,
+    kind = "hive"
+
+    def __init__(self, config: HiveConfig, name: str, argv: list[str], *, apps: tuple[str, ...] = (),
                  extra_env: dict[str, str] | None = None, cwd: str | Path | None = None,
-                 log_dir: Path | None = None, args: tuple[str, ...] = ()) -> None:
+                 log_dir: Path | None = None) -> None:
         self.name = name
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HIVE_", "REDIS_"))}
         env.update(config.to_env())
         env["HIVE_APP"] = ",".join((*config.apps, *apps))
         env.update(extra_env or {})
         env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p)
-        self.log_path = (log_dir or Path(os.environ.get("TMPDIR", "/tmp"))) / f"spore-{name}-{uuid.uuid4().hex[:6]}.log"
+        folder = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))
+        self.log_path = folder / f"{self.kind}-{name}-{uuid.uuid4().hex[:6]}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hive_framework", "spore", "--name", name, "--concurrency", str(concurrency),
-             *args],
-            env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "hive_framework", *argv], env=env, cwd=cwd, stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     @property
@@ -132,7 +134,8 @@ class SporeProcess:
         return self.proc.pid
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def signal(self, sig: int) -> None:
@@ -153,6 +156,28 @@ class SporeProcess:
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
         self.proc.wait()
+
+
+class SporeProcess(HiveProcess):
+    """A spore running as a real OS process (``python -m hive_framework spore``)."""
+
+    kind = "spore"
+
+    def __init__(self, config: HiveConfig, name: str, *, apps: tuple[str, ...] = (), concurrency: int = 4,
+                 extra_env: dict[str, str] | None = None, cwd: str | Path | None = None,
+                 log_dir: Path | None = None, args: tuple[str, ...] = ()) -> None:
+        argv = ["spore", "--name", name, "--concurrency", str(concurrency), *args]
+        super().__init__(config, name, argv, apps=apps, extra_env=extra_env, cwd=cwd, log_dir=log_dir)
+
+
+class NexusProcess(HiveProcess):
+    """A nexus (Foreman + watchdog) running as a real OS process (``python -m hive_framework nexus``)."""
+
+    kind = "nexus"
+
+    def __init__(self, config: HiveConfig, name: str = "nexus", *, apps: tuple[str, ...] = (),
+                 extra_env: dict[str, str] | None = None, log_dir: Path | None = None) -> None:
+        super().__init__(config, name, ["nexus"], apps=apps, extra_env=extra_env, log_dir=log_dir)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -235,27 +260,3 @@ def spore_processes(hive_config: HiveConfig, tmp_path: Path) -> Iterator[Callabl
     for proc in started:
         if proc.proc.poll() is None:
             proc.stop()
-
-
-class NexusProcess:
-    """A nexus (Foreman + watchdog) running as a real OS process (``python -m hive_framework nexus``)."""
-
-    def __init__(self, config: HiveConfig, name: str = "nexus", *, apps: tuple[str, ...] = (),
-                 extra_env: dict[str, str] | None = None, log_dir: Path | None = None) -> None:
-        self.name = name
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HIVE_", "REDIS_"))}
-        env.update(config.to_env())
-        env["HIVE_APP"] = ",".join((*config.apps, *apps))
-        env.update(extra_env or {})
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p)
-        self.log_path = (log_dir or Path(os.environ.get("TMPDIR", "/tmp"))) / f"nexus-{name}-{uuid.uuid4().hex[:6]}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hive_framework", "nexus"], env=env, stdout=self._log, stderr=subprocess.STDOUT
-        )
-
-    pid = SporeProcess.pid
-    log = SporeProcess.log
-    signal = SporeProcess.signal
-    stop = SporeProcess.stop
-    kill = SporeProcess.kill
