@@ -687,7 +687,10 @@ class MessageBroker:
     async def assign_to_node(
         self, task_id: str, node_id: str, *, requirements: dict[str, Any] | None = None
     ) -> bool:
-        """Move a task that has not started to ``node_id``'s own queue (compare-and-set; ``False`` if it started)."""
+        """Move a task that has not started to ``node_id``'s own queue under a fresh engine job.
+
+        A compare-and-set on the task: ``False`` when a spore started (or took) it meanwhile.
+        """
         key = self.keys.task(task_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             await pipe.watch(key)
@@ -698,33 +701,32 @@ class MessageBroker:
             parked = message.status == TaskStatus.WAITING and message.queue == ""
             if message.status != TaskStatus.PENDING and not parked:
                 return False
-            # A spore that leased the job but has not yet recorded the start owns it: moving it now would
-            # let the leasing spore run it anyway, not the chosen node.
-            in_progress = in_progress_key_prefix + message.engine_job_id
-            await pipe.watch(in_progress)
-            if await pipe.exists(in_progress):
+            if await self._taken(pipe, message):
                 return False
-            score = await pipe.zscore(message.queue, message.engine_job_id) if message.queue else None
+            previous = message.status
             pipe.multi()
-            if message.queue:
-                pipe.zrem(message.queue, message.engine_job_id)
+            self._drop_ops(pipe, message)
             if requirements:
                 message.requirements = {**message.requirements, **requirements}
+            message.engine_job_id = f"{task_id}.a{uuid.uuid4().hex[:8]}"
             message.queue = self._queue_for(message.priority, node_id)
             message.assigned_node = node_id
             message.reason = None
-            if score is None or message.status == TaskStatus.WAITING:
-                message.status = TaskStatus.PENDING
-                self._queue_ops(pipe, message)
-            else:
-                self._status_ops(pipe, message)
-                pipe.zadd(message.queue, {message.engine_job_id: score})
+            message.status = TaskStatus.PENDING
+            self._queue_ops(pipe, message, previous)
             pipe.zrem(self.keys.unrouted, task_id)
             try:
                 await pipe.execute()
             except WatchError:
                 return False
         return True
+
+    async def _taken(self, pipe: Any, message: TaskMessage) -> bool:
+        """Whether a spore holds the task's job without having recorded the start yet (watched, for the
+        compare-and-set): moving it then would let that spore run it anyway. ARQ: its in-progress key."""
+        in_progress = in_progress_key_prefix + message.engine_job_id
+        await pipe.watch(in_progress)
+        return bool(await pipe.exists(in_progress))
 
     async def reroute_stranded(self, *, now: float | None = None) -> dict[str, int]:
         """Give parked tasks a node that now fits (or fail them past their timeout), and move tasks queued

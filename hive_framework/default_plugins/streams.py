@@ -21,10 +21,8 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import NoScriptError, ResponseError, WatchError
+from redis.exceptions import NoScriptError, ResponseError
 
-from .. import wire
-from ..errors import InvalidTask
 from ..hookspecs import hookimpl
 from ..models import HIGH_PRIORITY_LEVEL, TaskMessage, TaskStatus
 from .broker import MessageBroker, _awaited, _text
@@ -280,36 +278,9 @@ class StreamsBroker(MessageBroker):
             await _awaited(self.redis.script_load(source))
         self._scripts_loaded = self._redis
 
-    async def assign_to_node(
-        self, task_id: str, node_id: str, *, requirements: dict[str, Any] | None = None
-    ) -> bool:
-        """Move a task that has not started to ``node_id``'s own stream under a fresh job id (compare-and-set)."""
-        key = self.keys.task(task_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            await pipe.watch(key)
-            raw = await pipe.get(key)
-            if raw is None:
-                raise InvalidTask(f"no task with id {task_id!r}")
-            message = wire.loads(raw, TaskMessage)
-            parked = message.status == TaskStatus.WAITING and message.queue == ""
-            if message.status != TaskStatus.PENDING and not parked:
-                return False
-            previous = message.status
-            pipe.multi()
-            if requirements:
-                message.requirements = {**message.requirements, **requirements}
-            message.engine_job_id = f"{task_id}.a{uuid.uuid4().hex[:8]}"
-            message.queue = self.keys.node_queue(node_id)
-            message.assigned_node = node_id
-            message.reason = None
-            message.status = TaskStatus.PENDING
-            self._queue_ops(pipe, message, previous)
-            pipe.zrem(self.keys.unrouted, task_id)
-            try:
-                await pipe.execute()
-            except WatchError:
-                return False
-        return True
+    async def _taken(self, pipe: Any, message: TaskMessage) -> bool:
+        """Never blocks a move: an entry a spore took is skipped by it, as its job id no longer matches."""
+        return False
 
     async def queued_jobs(self, queue: str) -> list[tuple[str, Any]]:
         entries = await self.redis.xrange(queue)
