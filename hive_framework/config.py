@@ -9,15 +9,20 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import attrs
 from dotenv import dotenv_values
 
 from .errors import ConfigError
+
+#: An attrs class of plugin settings (see :meth:`HiveConfig.plugin_settings`).
+SettingsT = TypeVar("SettingsT", bound=attrs.AttrsInstance)
+#: Turns one raw value (TOML, environment text or an override) into a setting's type; raises ValueError/TypeError.
+Parser = Callable[[Any, Any], Any]
 
 # Environment names that belong to hive but are not settings.
 NON_SETTING_ENV = frozenset(
@@ -27,15 +32,18 @@ NON_SETTING_ENV = frozenset(
 
 
 def _label(attribute: attrs.Attribute[Any]) -> str:
-    return f"{attribute.metadata['env']} ({attribute.name})"
+    env = attribute.metadata.get("env")
+    return f"{env} ({attribute.name})" if env else attribute.name
 
 
-def _positive(inst: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+def positive(inst: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    """attrs validator: the value must be > 0 (for HiveConfig and plugin settings alike)."""
     if value <= 0:
         raise ValueError(f"{_label(attribute)} must be > 0, got {value!r}")
 
 
-def _non_negative(inst: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+def non_negative(inst: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    """attrs validator: the value must be >= 0."""
     if value < 0:
         raise ValueError(f"{_label(attribute)} must be >= 0, got {value!r}")
 
@@ -68,7 +76,7 @@ class HiveConfig:
     enable_hive: bool = _setting(True, "ENABLE_HIVE", "Master switch; when false the CLI refuses to start.")
     redis_host: str = _setting("localhost", "REDIS_HOST", "Redis host.")
     redis_port: int = _setting(6379, "REDIS_PORT", "Redis port.", _port)
-    redis_db: int = _setting(0, "REDIS_DB", "Redis database number.", _non_negative)
+    redis_db: int = _setting(0, "REDIS_DB", "Redis database number.", non_negative)
     redis_password: str = _setting("", "REDIS_PASSWORD", "Redis password (never logged).")
     redis_url: str = _setting(
         "", "REDIS_URL", "redis:// or rediss:// URL; overrides host, port, db and password.", _redis_url
@@ -76,31 +84,31 @@ class HiveConfig:
     high_priority_queue: str = _setting("venom:tasks:high", "HIVE_HIGH_PRIORITY_QUEUE", "High-priority queue.")
     background_queue: str = _setting("venom:tasks:background", "HIVE_BACKGROUND_QUEUE", "Background queue.")
     broadcast_channel: str = _setting("venom:broadcast", "HIVE_BROADCAST_CHANNEL", "Pub/sub control channel.")
-    task_timeout: float = _setting(300.0, "HIVE_TASK_TIMEOUT", "Default task timeout, seconds.", _positive)
-    max_retries: int = _setting(3, "HIVE_MAX_RETRIES", "Default retries after a failed attempt.", _non_negative)
+    task_timeout: float = _setting(300.0, "HIVE_TASK_TIMEOUT", "Default task timeout, seconds.", positive)
+    max_retries: int = _setting(3, "HIVE_MAX_RETRIES", "Default retries after a failed attempt.", non_negative)
     zombie_task_timeout: float = _setting(
-        600.0, "HIVE_ZOMBIE_TASK_TIMEOUT", "A task running longer than this is a zombie, seconds.", _positive
+        600.0, "HIVE_ZOMBIE_TASK_TIMEOUT", "A task running longer than this is a zombie, seconds.", positive
     )
     key_prefix: str = _setting("venom", "HIVE_KEY_PREFIX", "Prefix of every Redis key hive writes.")
     max_payload_bytes: int = _setting(
-        1024 * 1024, "HIVE_MAX_PAYLOAD_BYTES", "Largest accepted payload (JSON bytes).", _positive
+        1024 * 1024, "HIVE_MAX_PAYLOAD_BYTES", "Largest accepted payload (JSON bytes).", positive
     )
     retry_backoff: float = _setting(
-        1.0, "HIVE_RETRY_BACKOFF", "First retry delay; doubles each attempt, seconds.", _non_negative
+        1.0, "HIVE_RETRY_BACKOFF", "First retry delay; doubles each attempt, seconds.", non_negative
     )
-    retry_backoff_max: float = _setting(60.0, "HIVE_RETRY_BACKOFF_MAX", "Cap on the retry delay.", _non_negative)
-    concurrency: int = _setting(10, "HIVE_CONCURRENCY", "Tasks one spore runs at once.", _positive)
-    poll_interval: float = _setting(0.05, "HIVE_POLL_INTERVAL", "Spore queue poll interval, seconds.", _positive)
+    retry_backoff_max: float = _setting(60.0, "HIVE_RETRY_BACKOFF_MAX", "Cap on the retry delay.", non_negative)
+    concurrency: int = _setting(10, "HIVE_CONCURRENCY", "Tasks one spore runs at once.", positive)
+    poll_interval: float = _setting(0.05, "HIVE_POLL_INTERVAL", "Spore queue poll interval, seconds.", positive)
     lease_seconds: float = _setting(
-        30.0, "HIVE_LEASE_SECONDS", "A dead spore's task is re-run after this, seconds.", _positive
+        30.0, "HIVE_LEASE_SECONDS", "A dead spore's task is re-run after this, seconds.", positive
     )
     heartbeat_interval: float = _setting(
-        5.0, "HIVE_HEARTBEAT_INTERVAL", "Spore heartbeat interval, seconds.", _positive
+        5.0, "HIVE_HEARTBEAT_INTERVAL", "Spore heartbeat interval, seconds.", positive
     )
     shutdown_grace: float = _setting(
-        10.0, "HIVE_SHUTDOWN_GRACE", "On SIGTERM, wait this long for running tasks, then requeue.", _non_negative
+        10.0, "HIVE_SHUTDOWN_GRACE", "On SIGTERM, wait this long for running tasks, then requeue.", non_negative
     )
-    result_ttl: float = _setting(86400.0, "HIVE_RESULT_TTL", "How long finished tasks are kept.", _positive)
+    result_ttl: float = _setting(86400.0, "HIVE_RESULT_TTL", "How long finished tasks are kept.", positive)
     node_name: str = _setting("", "HIVE_NODE_NAME", "Spore name and id (default: host name + a persisted id).")
     node_tags: tuple[str, ...] = _setting(
         (), "HIVE_NODE_TAGS", "Capability tags this spore declares (comma separated)."
@@ -117,7 +125,7 @@ class HiveConfig:
         (0.4, 0.3, 0.3), "HIVE_BALANCER_WEIGHTS", "load_score weights for cpu, memory and tasks (comma separated)."
     )
     watchdog_interval: float = _setting(
-        5.0, "HIVE_WATCHDOG_INTERVAL", "How often the nexus looks for zombies and stranded tasks, seconds.", _positive
+        5.0, "HIVE_WATCHDOG_INTERVAL", "How often the nexus looks for zombies and stranded tasks, seconds.", positive
     )
     monitor: bool = _setting(True, "HIVE_MONITOR", "Serve the Hive Monitor dashboard (and /metrics) from `hive nexus`.")
     monitor_address: str = _setting(
@@ -162,6 +170,12 @@ class HiveConfig:
     def plugin_config(self, name: str) -> dict[str, Any]:
         """The ``[plugins.NAME]`` section (empty when absent)."""
         return dict(self.plugins.get(name, {}))
+
+    def plugin_settings(self, name: str, cls: type[SettingsT], *, convert: bool = True) -> SettingsT:
+        """The ``[plugins.NAME]`` section as an instance of the attrs class ``cls``, values parsed like hive's own.
+
+        An unknown key or a bad value is a :class:`ConfigError` naming it; see :func:`read_plugin_settings`."""
+        return read_plugin_settings(name, self.plugin_config(name), cls, convert=convert)
 
     def to_env(self) -> dict[str, str]:
         """These settings as environment variables, e.g. to hand them to spore subprocesses."""
@@ -245,20 +259,28 @@ def _to_bool(value: Any, _: Any) -> bool:
 
 
 def _to_names(value: Any, _: Any) -> tuple[str, ...]:
-    items = value.split(",") if isinstance(value, str) else list(value)
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str | int | float) for i in items):
+        raise ValueError(f"expected a list of names or a comma-separated string, got {value!r}")
     return tuple(str(i).strip() for i in items if str(i).strip())
 
 
 def _to_int(value: Any, _: Any) -> int:
     if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
         raise ValueError(f"expected a whole number, got {value!r}")
-    return int(value)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a whole number, got {value!r}") from None
 
 
 def _to_float(value: Any, _: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a number, got {value!r}")
-    number = float(value)
+    try:
+        number = float(value)  # OverflowError: an int beyond float's range (TOML integers are unbounded)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"expected a number, got {value!r}") from None
     if not math.isfinite(number):  # 'nan' passes every '> 0' check; 'inf' overflows int(ms) TTLs
         raise ValueError(f"expected a finite number, got {value!r}")
     return number
@@ -270,15 +292,31 @@ def _to_str(value: Any, _: Any) -> str:
     return value
 
 
-_PARSERS: dict[str, Any] = {
+# Keyed by the annotation as written; ``X | None`` of any of these is handled by _parser_for.
+_PARSERS: dict[str, Parser] = {
     "bool": _to_bool,
     "int": _to_int,
     "float": _to_float,
     "str": _to_str,
     "tuple[str, ...]": _to_names,
-    "tuple[str, ...] | None": lambda v, _: None if v is None else _to_names(v, None),
     "tuple[float, float, float]": lambda v, _: _to_weights(v),
 }
+
+
+def _parser_for(field: attrs.Attribute[Any]) -> Parser | None:
+    """The parser of a field's annotation (a string under ``from __future__ import annotations``, else a type)."""
+    hint = field.type
+    kind = hint if isinstance(hint, str) else hint.__name__ if isinstance(hint, type) else str(hint)
+    if kind in _PARSERS:
+        return _PARSERS[kind]
+    parse = _PARSERS.get(kind.removesuffix(" | None")) if kind.endswith(" | None") else None
+    if parse is None:
+        return None
+    return lambda value, _: None if value is None else parse(value, None)
+
+
+def _as_written(value: Any, _: Any) -> Any:
+    return value
 
 
 def _to_weights(value: Any) -> tuple[float, float, float]:
@@ -343,11 +381,68 @@ def _build(values: dict[str, Any], *, source: str) -> HiveConfig:
                 raise ConfigError("setting 'plugins' must map plugin names to tables")
             kwargs[key] = raw
             continue
+        parse = _parser_for(field)
+        assert parse is not None, f"HiveConfig.{key} has no parser"
         try:
-            kwargs[key] = _PARSERS[str(field.type)](raw, None)
+            kwargs[key] = parse(raw, None)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"bad value for {label} ({key}): {exc}") from None
     try:
         return HiveConfig(**kwargs)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"bad setting: {exc}") from None
+
+
+# --- plugin settings ---------------------------------------------------------------------------------------
+
+
+def read_plugin_settings(
+    name: str, section: Mapping[str, Any], cls: type[SettingsT], *, convert: bool = True
+) -> SettingsT:
+    """``section`` (a ``[plugins.NAME]`` table) as the attrs class ``cls``, whose fields all have defaults.
+
+    Values are parsed by field type like HiveConfig's own, then cls's converters and validators run."""
+    # Parsed types: bool, int, float, str, tuple[str, ...], each also "| None" ("2.5" and 2 make a float, "yes" a
+    # bool, "a, b" a tuple). A field with its own converter gets the value as written, and so does every field
+    # when convert=False (for a class whose validators check types). A bad user value is a ConfigError naming
+    # plugins.NAME.KEY; a field without a default or a parser is a TypeError, a bug in the plugin.
+    where = f"[plugins.{name}]"
+    fields = {field.alias or field.name: field for field in attrs.fields(cls) if field.init}
+    unknown = sorted((key for key in section if key not in fields), key=str)
+    if unknown:
+        listed = ", ".join(repr(key) for key in unknown)
+        raise ConfigError(
+            f"unknown setting{'s' if len(unknown) > 1 else ''} {listed} in {where}; "
+            f"known settings: {', '.join(sorted(fields))}"
+        )
+    values: dict[str, Any] = {}
+    for key, field in fields.items():
+        if field.default is attrs.NOTHING:
+            raise TypeError(f"{cls.__qualname__}.{field.name} needs a default: plugin settings are optional")
+        parse = _parser_for(field) if convert and field.converter is None else _as_written
+        if parse is None:
+            raise TypeError(
+                f"{cls.__qualname__}.{field.name}: no parser for type {field.type!r}; give the field a converter"
+            )
+        if key not in section:
+            continue
+        try:
+            values[key] = parse(section[key], None)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"bad value for {key} (plugins.{name}.{key}): {exc}") from None
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as exc:
+        # A validator or converter refused something: find the key it refused on its own, if one is to blame.
+        culprit = next((key for key, value in values.items() if _refuses(cls, key, value)), None)
+        if culprit is None:
+            raise ConfigError(f"bad settings in {where}: {exc}") from None
+        raise ConfigError(f"bad value for {culprit} (plugins.{name}.{culprit}): {exc}") from None
+
+
+def _refuses(cls: type[Any], key: str, value: Any) -> bool:
+    try:
+        cls(**{key: value})
+    except (ValueError, TypeError):
+        return True
+    return False

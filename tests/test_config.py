@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -387,3 +388,176 @@ def test_to_env_round_trips(**settings: object) -> None:
     again = load(config.to_env())
     # Then nothing is lost
     assert again == config
+
+
+def test_a_float_setting_beyond_float_range_is_a_config_error() -> None:
+    # Given a TOML integer too large for a float (TOML integers are unbounded), Then it is refused, not a crash
+    with pytest.raises(ConfigError, match="HIVE_TASK_TIMEOUT"):
+        load(task_timeout=10**400)
+
+
+# --- plugin settings: HiveConfig.plugin_settings ---------------------------------------------------------
+
+
+def _at_most_ten(inst: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value > 10:
+        raise ValueError(f"{attribute.name} must be <= 10, got {value!r}")
+
+
+def _mode(value: object) -> str:
+    if value not in ("fast", "slow"):
+        raise ValueError(f"expected 'fast' or 'slow', got {value!r}")
+    return str(value)
+
+
+@attrs.frozen(kw_only=True)
+class DemoSettings:
+    """A plugin's settings as a plugin author declares them: attrs fields with defaults."""
+
+    enabled: bool = True
+    retries: int = attrs.field(default=3, validator=_at_most_ten)
+    timeout: float = 2.5
+    label: str = "demo"
+    hosts: tuple[str, ...] = ()
+    limit: int | None = None
+    mode: str = attrs.field(default="fast", converter=_mode)  # its own converter: gets the value as written
+
+
+def demo(section: dict[str, object], cls: type[DemoSettings] = DemoSettings) -> DemoSettings:
+    return HiveConfig(plugins={"demo": section}).plugin_settings("demo", cls)
+
+
+def test_plugin_settings_default_when_the_section_is_absent_or_empty() -> None:
+    # Given no [plugins.demo] section, or an empty one, Then every field has its default
+    assert HiveConfig().plugin_settings("demo", DemoSettings) == DemoSettings()
+    assert demo({}) == DemoSettings()
+
+
+def test_plugin_settings_convert_values_like_hive_settings() -> None:
+    # Given values written loosely (strings for numbers and booleans, a comma list)
+    settings = demo({"enabled": "no", "retries": "7", "timeout": 4, "hosts": " a, b ,,", "limit": "5",
+                     "mode": "slow", "label": "x"})
+    # Then each is parsed into its field's type, the way HiveConfig parses its own settings
+    assert settings == DemoSettings(enabled=False, retries=7, timeout=4.0, hosts=("a", "b"), limit=5, mode="slow",
+                                    label="x")
+    assert type(settings.timeout) is float
+    assert demo({"hosts": ["a", " b "], "timeout": "0.5", "enabled": True}).hosts == ("a", "b")
+    assert demo({"limit": None}).limit is None
+
+
+def test_plugin_settings_from_a_toml_file(tmp_path: Path) -> None:
+    # Given a [plugins.demo] table beside [hive]
+    toml = write(tmp_path / "hive.toml", '[hive]\nconcurrency = 2\n[plugins.demo]\nretries = 9\nhosts = ["h"]\n')
+    # Then the plugin reads it through the loaded config
+    assert load(toml_file=toml).plugin_settings("demo", DemoSettings) == DemoSettings(retries=9, hosts=("h",))
+
+
+def test_an_unknown_plugin_setting_names_the_key_the_plugin_and_the_known_keys() -> None:
+    with pytest.raises(ConfigError) as info:
+        demo({"retires": 2})
+    message = str(info.value)
+    assert "unknown setting 'retires' in [plugins.demo]" in message
+    assert "known settings: enabled, hosts, label, limit, mode, retries, timeout" in message
+    # Several unknown keys are all named
+    with pytest.raises(ConfigError, match="unknown settings 'a', 'b' in"):
+        demo({"b": 1, "a": 2, "retries": 1})
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "reason"),
+    [
+        ({"retries": "many"}, "retries", "expected a whole number"),
+        ({"retries": 2.5}, "retries", "expected a whole number"),
+        ({"retries": True}, "retries", "expected a whole number"),
+        ({"retries": 11}, "retries", "retries must be <= 10"),  # the class's validator
+        ({"timeout": "soon"}, "timeout", "expected a number"),
+        ({"timeout": "nan"}, "timeout", "expected a finite number"),
+        ({"timeout": 10**400}, "timeout", "expected a number"),
+        ({"enabled": "perhaps"}, "enabled", "expected true/false"),
+        ({"label": 5}, "label", "expected a string"),
+        ({"hosts": 7}, "hosts", "expected a list"),
+        ({"hosts": [["nested"]]}, "hosts", "expected a list"),
+        ({"mode": "medium"}, "mode", "expected 'fast' or 'slow'"),  # the class's converter
+        ({"mode": ["fast"]}, "mode", "expected 'fast' or 'slow'"),
+    ],
+)
+def test_a_bad_plugin_setting_is_a_config_error_naming_plugins_name_key(
+    section: dict[str, object], key: str, reason: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        demo({"label": "ok", **section})
+    assert f"bad value for {key} (plugins.demo.{key})" in str(info.value)
+    assert reason in str(info.value)
+
+
+def test_a_check_across_plugin_settings_names_the_section() -> None:
+    def _above_low(inst: object, attribute: attrs.Attribute[int], value: int) -> None:
+        if value < getattr(inst, "low", 0):
+            raise ValueError(f"high must be >= low, got {value!r}")
+
+    @attrs.frozen(kw_only=True)
+    class Range:
+        low: int = 0
+        high: int = attrs.field(default=10, validator=_above_low)
+
+    # Given two values each fine alone but not together, Then the error names the section
+    with pytest.raises(ConfigError, match=r"bad settings in \[plugins\.range\]: high must be >= low"):
+        HiveConfig(plugins={"range": {"low": 5, "high": 3}}).plugin_settings("range", Range)
+
+
+def test_convert_false_hands_values_to_the_class_as_written() -> None:
+    def _whole(inst: object, attribute: attrs.Attribute[int], value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{attribute.name} must be a whole number, got {value!r}")
+
+    @attrs.frozen(kw_only=True)
+    class Strict:
+        count: int = attrs.field(default=1, validator=_whole)
+
+    config = HiveConfig(plugins={"strict": {"count": "10"}})
+    assert config.plugin_settings("strict", Strict).count == 10  # parsed
+    with pytest.raises(ConfigError, match=r"plugins\.strict\.count.*must be a whole number, got '10'"):
+        config.plugin_settings("strict", Strict, convert=False)
+
+
+def test_real_type_annotations_are_parsed_too() -> None:
+    # Given a class built without `from __future__ import annotations` (types, not strings)
+    optional_float: Any = float | None
+    typed = attrs.make_class("Typed", {"n": attrs.field(default=1, type=int),
+                                       "names": attrs.field(default=(), type=tuple[str, ...]),
+                                       "cap": attrs.field(default=None, type=optional_float)}, frozen=True)
+    settings: Any = HiveConfig(plugins={"t": {"n": "4", "names": "a,b", "cap": "1.5"}}).plugin_settings("t", typed)
+    assert (settings.n, settings.names, settings.cap) == (4, ("a", "b"), 1.5)
+
+
+def test_a_badly_declared_settings_class_is_a_type_error_not_a_config_error() -> None:
+    # Given fields hive cannot read (no default; a type without a parser and no converter), Then the plugin's bug
+    # shows as a TypeError, whatever the user wrote
+    no_default = attrs.make_class("NoDefault", {"n": attrs.field(type=int)})
+    with pytest.raises(TypeError, match="needs a default"):
+        HiveConfig().plugin_settings("x", no_default)
+    odd_type = attrs.make_class("OddType", {"p": attrs.field(default=Path("."), type=Path)})
+    with pytest.raises(TypeError, match="give the field a converter"):
+        HiveConfig().plugin_settings("x", odd_type)
+
+
+DEMO_KEYS = [field.name for field in attrs.fields(DemoSettings)]
+
+
+@given(section=st.dictionaries(st.sampled_from(DEMO_KEYS) | st.text(max_size=6), json_values, max_size=4))
+def test_any_plugin_section_reads_into_typed_settings_or_is_a_config_error(section: dict[str, object]) -> None:
+    # Given any TOML-ish section
+    try:
+        settings = demo(section)
+    except ConfigError as exc:
+        # Then it is refused naming an unknown key or the plugins.demo.KEY it could not use...
+        message = str(exc)
+        assert message.startswith("unknown setting") or any(f"plugins.demo.{key}" in message for key in section)
+        return
+    # ...or every value has its field's type
+    assert set(section) <= set(DEMO_KEYS)
+    assert type(settings.enabled) is bool and type(settings.label) is str and settings.mode in {"fast", "slow"}
+    assert type(settings.retries) is int and settings.retries <= 10
+    assert type(settings.timeout) is float and math.isfinite(settings.timeout)
+    assert all(type(host) is str and host for host in settings.hosts)
+    assert settings.limit is None or type(settings.limit) is int

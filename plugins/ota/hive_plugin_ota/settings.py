@@ -5,14 +5,14 @@ No ``HIVE_*`` environment names are added (hive refuses unknown ones): put these
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import attrs
-from hive_framework import ConfigError, HiveConfig
+from hive_framework import HiveConfig
+from hive_framework.config import positive, read_plugin_settings
 
 PLUGIN_NAME = "ota"
 DISTRIBUTION = "hive-plugin-ota"
@@ -27,9 +27,17 @@ def plugin_version() -> str:
         return "0+unknown"
 
 
-def _positive(inst: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+def _path(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value.strip()
+
+
+def _args(value: Any) -> tuple[str, ...]:
+    # Command-line arguments as written: a list only (no comma splitting, no stripping).
+    if not isinstance(value, list | tuple) or not all(isinstance(i, str) for i in value):
+        raise ValueError(f"expected a list of strings, got {value!r}")
+    return tuple(value)
 
 
 @attrs.frozen(kw_only=True)
@@ -39,56 +47,43 @@ class OTASettings:
     #: Ed25519 public keys (base64 of the 32 raw bytes, as ``hive ota keygen`` prints them) a spore trusts.
     trusted_keys: tuple[str, ...] = ()
     #: Private key file (PEM) that ``hive ota build|publish --force|rollback`` sign with.
-    signing_key: str = ""
+    signing_key: str = attrs.field(default="", converter=_path)
     #: A spore's OTA folder (releases, ``current`` pointer, trust state); default: ``<state_dir>/ota``.
-    root: str = ""
+    root: str = attrs.field(default="", converter=_path)
     #: Where ``hive ota build`` keeps packages; default: ``<root>/packages``.
-    package_dir: str = ""
+    package_dir: str = attrs.field(default="", converter=_path)
     #: Largest package (zip) stored in Redis or downloaded.
-    max_package_bytes: int = attrs.field(default=64 * MiB, validator=_positive)
+    max_package_bytes: int = attrs.field(default=64 * MiB, validator=positive)
     #: Size of one Redis chunk of a published package.
-    chunk_bytes: int = attrs.field(default=256 * 1024, validator=_positive)
+    chunk_bytes: int = attrs.field(default=256 * 1024, validator=positive)
     #: Most members a package may have.
-    max_members: int = attrs.field(default=5000, validator=_positive)
+    max_members: int = attrs.field(default=5000, validator=positive)
     #: Most bytes a package may unpack to.
-    max_total_bytes: int = attrs.field(default=256 * MiB, validator=_positive)
+    max_total_bytes: int = attrs.field(default=256 * MiB, validator=positive)
     #: Highest compression ratio of one member (zip-bomb guard; members under 64 KiB are exempt).
-    max_ratio: float = attrs.field(default=200.0, validator=_positive)
+    max_ratio: float = attrs.field(default=200.0, validator=positive)
     #: Seconds a restarted spore has to heartbeat and pass the health probe before it is rolled back.
-    health_window: float = attrs.field(default=60.0, validator=_positive)
+    health_window: float = attrs.field(default=60.0, validator=positive)
     #: Default lifetime of a built package's manifest, seconds (30 days).
-    manifest_ttl: float = attrs.field(default=30 * 86400.0, validator=_positive)
+    manifest_ttl: float = attrs.field(default=30 * 86400.0, validator=positive)
     #: Lifetime of a signed operator command (forced downgrade, rollback), seconds.
-    authorization_ttl: float = attrs.field(default=600.0, validator=_positive)
+    authorization_ttl: float = attrs.field(default=600.0, validator=positive)
     #: Extra ``pip install`` arguments for release requirements (``["--no-index", "--find-links", "/wheels"]``).
-    pip_args: tuple[str, ...] = ()
+    pip_args: tuple[str, ...] = attrs.field(default=(), converter=_args)
     #: Seconds ``pip install`` may take.
-    pip_timeout: float = attrs.field(default=600.0, validator=_positive)
+    pip_timeout: float = attrs.field(default=600.0, validator=positive)
     #: Release folders a spore keeps (the current and previous ones always stay).
-    keep_releases: int = attrs.field(default=3, validator=_positive)
+    keep_releases: int = attrs.field(default=3, validator=positive)
 
     @classmethod
     def from_config(cls, config: HiveConfig) -> OTASettings:
         """The settings in ``config``'s ``[plugins.ota]`` section; a bad key or value is a :class:`ConfigError`."""
-        return cls.from_mapping(config.plugin_config(PLUGIN_NAME))
+        return config.plugin_settings(PLUGIN_NAME, cls)
 
     @classmethod
     def from_mapping(cls, section: Mapping[str, Any]) -> OTASettings:
-        fields = {f.name: f for f in attrs.fields(cls)}
-        values: dict[str, Any] = {}
-        for key, raw in section.items():
-            if key not in fields:
-                raise ConfigError(
-                    f"unknown setting {key!r} in [plugins.{PLUGIN_NAME}]; known: {', '.join(sorted(fields))}"
-                )
-            try:
-                values[key] = _PARSERS[key](raw)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"bad value for {key} in [plugins.{PLUGIN_NAME}]: {exc}") from None
-        try:
-            return cls(**values)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"bad setting in [plugins.{PLUGIN_NAME}]: {exc}") from None
+        """The settings in a ``[plugins.ota]`` table given as a mapping (checked like :meth:`from_config`)."""
+        return read_plugin_settings(PLUGIN_NAME, section, cls)
 
     # --- derived paths -----------------------------------------------------------------------------------
 
@@ -100,57 +95,3 @@ class OTASettings:
 
     def packages_dir(self, config: HiveConfig) -> Path:
         return Path(self.package_dir).expanduser() if self.package_dir else self.root_dir(config) / "packages"
-
-
-def _number(raw: Any) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
-        raise ValueError(f"expected a number, got {raw!r}")
-    value = float(raw)
-    if not math.isfinite(value):
-        raise ValueError(f"expected a finite number, got {raw!r}")
-    return value
-
-
-def _whole(raw: Any) -> int:
-    value = _number(raw)
-    if not value.is_integer():
-        raise ValueError(f"expected a whole number, got {raw!r}")
-    return int(value)
-
-
-def _text(raw: Any) -> str:
-    if not isinstance(raw, str):
-        raise ValueError(f"expected a string, got {raw!r}")
-    return raw.strip()
-
-
-def _strings(raw: Any) -> tuple[str, ...]:
-    items = raw.split(",") if isinstance(raw, str) else raw
-    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
-        raise ValueError(f"expected a list of strings, got {raw!r}")
-    return tuple(i.strip() for i in items if i.strip())
-
-
-def _args(raw: Any) -> tuple[str, ...]:
-    if not isinstance(raw, list | tuple) or not all(isinstance(i, str) for i in raw):
-        raise ValueError(f"expected a list of strings, got {raw!r}")
-    return tuple(raw)
-
-
-_PARSERS: dict[str, Any] = {
-    "trusted_keys": _strings,
-    "signing_key": _text,
-    "root": _text,
-    "package_dir": _text,
-    "max_package_bytes": _whole,
-    "chunk_bytes": _whole,
-    "max_members": _whole,
-    "max_total_bytes": _whole,
-    "max_ratio": _number,
-    "health_window": _number,
-    "manifest_ttl": _number,
-    "authorization_ttl": _number,
-    "pip_args": _args,
-    "pip_timeout": _number,
-    "keep_releases": _whole,
-}

@@ -1,7 +1,9 @@
-"""The plugin's settings: the ``[plugins.security_scan]`` TOML section, checked like hive's own settings.
+"""The plugin's settings: the ``[plugins.security_scan]`` TOML section, read by ``HiveConfig.plugin_settings``.
 
 An unknown key or a value of the wrong type is a :class:`~hive_framework.ConfigError` naming the key, never
-silently dropped. There are no environment variables: hive refuses unknown ``HIVE_*`` names.
+silently dropped. Values must have their TOML type (``"10"`` is not a number, ``"no"`` not a boolean): the
+section is read with ``convert=False`` and the validators below check types. There are no environment
+variables: hive refuses unknown ``HIVE_*`` names.
 """
 
 from __future__ import annotations
@@ -10,30 +12,29 @@ import math
 from typing import Any
 
 import attrs
-from hive_framework import ConfigError, HiveConfig
+from hive_framework import HiveConfig
 
 PLUGIN_NAME = "security_scan"
-SECTION = f"[plugins.{PLUGIN_NAME}]"
 
 
 def _positive_int(inst: Any, attribute: attrs.Attribute[int], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{SECTION} {attribute.name} must be a whole number > 0, got {value!r}")
+        raise ValueError(f"{attribute.name} must be a whole number > 0, got {value!r}")
 
 
 def _positive_number(inst: Any, attribute: attrs.Attribute[float], value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{SECTION} {attribute.name} must be a number > 0, got {value!r}")
+        raise ValueError(f"{attribute.name} must be a number > 0, got {value!r}")
 
 
 def _flag(inst: Any, attribute: attrs.Attribute[bool], value: bool) -> None:
     if not isinstance(value, bool):
-        raise ConfigError(f"{SECTION} {attribute.name} must be true or false, got {value!r}")
+        raise ValueError(f"{attribute.name} must be true or false, got {value!r}")
 
 
 def _patterns(value: Any) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, list | tuple) or not all(isinstance(p, str) for p in value):
-        raise ConfigError(f"{SECTION} exclude must be a list of gitignore-style patterns, got {value!r}")
+        raise ValueError(f"exclude must be a list of gitignore-style patterns, got {value!r}")
     return tuple(value)
 
 
@@ -61,11 +62,4 @@ class ScanSettings:
     @classmethod
     def from_config(cls, config: HiveConfig) -> ScanSettings:
         """The settings in ``config``'s ``[plugins.security_scan]`` section (defaults when it is absent)."""
-        raw = config.plugin_config(PLUGIN_NAME)
-        known = {field.name for field in attrs.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown setting(s) {', '.join(unknown)} in {SECTION}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**raw)
+        return config.plugin_settings(PLUGIN_NAME, cls, convert=False)
