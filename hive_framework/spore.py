@@ -321,6 +321,10 @@ class Spore:
                 pipe.srem(self.kernel.keys.nodes, self.node_id)
                 pipe.hdel(self.kernel.keys.node_infos, self.node_id)
                 await pipe.execute()
+        close = getattr(self.worker, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                await close()
         await self.broker.disconnect()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.log.info("spore %s stopped", self.node_name)

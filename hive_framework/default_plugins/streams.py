@@ -451,6 +451,14 @@ class StreamWorker:
             self._inflight.pop(handle, None)
             self._wake.set()
 
+    async def close(self) -> None:
+        """Leave the consumer groups (so they do not collect one dead consumer per restart), where nothing
+        is pending for this spore; anything still pending stays for another spore to take over."""
+        for stream in self.queues:
+            pending = await self.redis.xpending_range(stream, GROUP, "-", "+", 1, consumername=self.consumer)
+            if not pending:
+                await self.redis.xgroup_delconsumer(stream, GROUP, self.consumer)
+
     async def refresh_leases(self) -> None:
         """Reset the idle time of every entry this spore holds, so no other spore takes it over."""
         held = list(self._inflight.values())
