@@ -42,11 +42,13 @@ def tests(session: nox.Session, broker: str) -> None:
 
 @nox.session
 def plugins(session: nox.Session) -> None:
-    """Install every plugin under plugins/ (each its own distribution) and run each one's own tests."""
+    """Install every plugin under plugins/ (each its own distribution), type-check it and run its own tests."""
     if not PLUGIN_DIRS:
         session.skip("no plugins/*/pyproject.toml")
-    session.install(".[test]", "pytest-timeout", *(f"{p}[test]" for p in PLUGIN_DIRS))
+    session.install(".[test,lint]", "pytest-timeout", *(f"{p}[test]" for p in PLUGIN_DIRS))
     for plugin in PLUGIN_DIRS:
+        with session.chdir(plugin):
+            session.run("mypy", "--config-file", "pyproject.toml", *(p.name for p in plugin.glob("hive_plugin_*")))
         if (plugin / "tests").is_dir():
             session.run("pytest", "--timeout=300", str(plugin / "tests"), *session.posargs)
 

@@ -154,7 +154,8 @@ def run_detect_secrets(base: Path, paths: Sequence[str]) -> list[Finding]:
     from detect_secrets.core.secrets_collection import SecretsCollection
     from detect_secrets.settings import default_settings
 
-    plugin_of: dict[str, str] = {kind: cls.__name__ for kind, cls in get_mapping_from_secret_type_to_class().items()}
+    classes: dict[str, Any] = dict(get_mapping_from_secret_type_to_class())
+    plugin_of: dict[str, str] = {kind: plugin.__name__ for kind, plugin in classes.items()}
     with _SECRETS_LOCK, default_settings():
         collection = SecretsCollection(root=str(base))
         for path in paths:
