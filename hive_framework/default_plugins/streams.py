@@ -160,6 +160,11 @@ class _Recorder:
 class StreamsBroker(MessageBroker):
     """:class:`MessageBroker` on Redis Streams; selected with ``HIVE_BROKER=streams``."""
 
+    def __init__(self, kernel: Kernel | None = None, *, redis: Any = None) -> None:
+        super().__init__(kernel, redis=redis)
+        self._save_queue: list[tuple[list[Any], asyncio.Future[Any]]] = []
+        self._flushes: set[asyncio.Future[None]] = set()
+
     # --- layout --------------------------------------------------------------------------------------
 
     def level_stream(self, level: int) -> str:
@@ -237,9 +242,46 @@ class StreamsBroker(MessageBroker):
     async def save_unless_cancelled(
         self, message: TaskMessage, *, previous: TaskStatus | str | None = "unknown", ack: Any = None
     ) -> bool:
-        """Save, settle the stream entry and schedule a retry in one Lua call, skipped if the task was cancelled."""
-        reply = await self._script(self.redis, GUARDED_SCRIPT, self._guarded_args(message, previous, ack))
-        return await self._after_save(message, reply)
+        """Save, settle the stream entry and schedule a retry in one Lua call, skipped if the task was cancelled.
+
+        Saves requested in the same event-loop turn (tasks finishing together) share one pipelined round trip.
+        """
+        args = self._guarded_args(message, previous, ack)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._save_queue.append((args, future))
+        if len(self._save_queue) == 1:
+            asyncio.get_running_loop().call_soon(self._start_flush)
+        return await self._after_save(message, await future)
+
+    def _start_flush(self) -> None:
+        batch, self._save_queue = self._save_queue, []
+        if batch:
+            flush = asyncio.ensure_future(self._flush_saves(batch))
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
+
+    async def _flush_saves(self, batch: list[tuple[list[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            await self.load_scripts()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for args, _ in batch:
+                    pipe.evalsha(_sha(GUARDED_SCRIPT), *args)
+                replies = await pipe.execute(raise_on_error=False)
+            for (args, future), reply in zip(batch, replies, strict=True):
+                if isinstance(reply, NoScriptError):
+                    reply = await self._script(self.redis, GUARDED_SCRIPT, args)
+                if future.done():
+                    continue
+                if isinstance(reply, Exception):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+        except BaseException as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else ConnectionError(str(exc)))
+            if not isinstance(exc, Exception):
+                raise
 
     async def _after_save(self, message: TaskMessage, reply: Any) -> bool:
         if not reply:
