@@ -100,24 +100,33 @@ class Namespace:
     def __init__(self, stamp: str) -> None:
         self.root = f"bench:{stamp}:{uuid.uuid4().hex[:6]}"
         self.counter = f"{self.root}:counter"
+        #: the prefix of hive's keys with the default broker (``hive_config(..., broker=None)``)
         self.hive_prefix = f"{self.root}:hive"
 
     def arq_queue(self, variant: str) -> str:
         return f"{self.root}:arq-{variant}:queue"
 
-    def hive_config(self, redis_url: str, concurrency: int) -> HiveConfig:
-        """hive's defaults (no environment, no files), except the namespace and the slots per spore."""
+    def prefix_for(self, broker: str | None) -> str:
+        """Each broker named explicitly gets its own keys: the same queue name is a stream for one and a
+        sorted set for the other."""
+        return self.hive_prefix if broker is None else f"{self.root}:hive-{broker}"
+
+    def hive_config(self, redis_url: str, concurrency: int, broker: str | None = None) -> HiveConfig:
+        """hive's defaults (no environment, no files), except the namespace, the slots per spore and, when
+        given, the broker (``None``: hive's default broker)."""
+        prefix = self.prefix_for(broker)
+        settings: dict[str, Any] = {} if broker is None else {"broker": broker}
         return HiveConfig.load(
             environ={},
             env_file=os.devnull,
             toml_file=None,
             redis_url=redis_url,
-            key_prefix=self.hive_prefix,
-            high_priority_queue=f"{self.hive_prefix}:q:high",
-            background_queue=f"{self.hive_prefix}:q:background",
-            broadcast_channel=f"{self.hive_prefix}:broadcast",
+            key_prefix=prefix,
+            high_priority_queue=f"{prefix}:q:high",
+            background_queue=f"{prefix}:q:background",
+            broadcast_channel=f"{prefix}:broadcast",
             concurrency=concurrency,
-            broker=os.environ.get("BENCH_BROKER", "arq"),
+            **settings,
         )
 
 
@@ -125,8 +134,9 @@ async def delete_run_keys(client: AsyncRedis, ns: Namespace, job_ids: Iterable[s
     """Delete the run's namespace and ARQ's per-job keys of ``job_ids`` (never FLUSHDB); returns the count."""
     deleted = 0
     ids = set(job_ids)
-    # hive task ids double as their ARQ job ids; the status indexes list every task of the run
-    async for key in client.scan_iter(match=f"{ns.hive_prefix}:status:*", count=1000):
+    # hive task ids double as their ARQ job ids (arq broker); the status indexes of every hive prefix of the
+    # run (one per broker) list every task of the run
+    async for key in client.scan_iter(match=f"{ns.root}:hive*:status:*", count=1000):
         ids.update(m.decode() for m in await client.zrange(key, 0, -1))
     keys = [key async for key in client.scan_iter(match=f"{ns.root}:*", count=1000)]
     keys += [prefix + job_id for job_id in ids for prefix in ARQ_JOB_KEY_PREFIXES]
