@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import re
@@ -49,11 +50,17 @@ class TaskType:
     @property
     def wants_context(self) -> bool:
         """True when the handler declares a ``context`` parameter."""
-        return "context" in inspect.signature(self.handler).parameters
+        return _declares_context(self.handler)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the handler directly, as a plain function (handy in tests)."""
         return self.handler(*args, **kwargs)
+
+
+@functools.cache
+def _declares_context(handler: Callable[..., Any]) -> bool:
+    """Looked up once per handler: ``inspect.signature`` is too slow for every task run."""
+    return "context" in inspect.signature(handler).parameters
 
 
 @overload
