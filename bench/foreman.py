@@ -50,6 +50,7 @@ from bench.support import Namespace, log, pct  # noqa: E402
 from hive_framework import HiveConfig, TaskStatus, wire  # noqa: E402
 from hive_framework.default_plugins.foreman import ForemanAgent  # noqa: E402
 from hive_framework.hive import Hive  # noqa: E402
+from hive_framework.testing import async_wait_until  # noqa: E402
 from hive_framework.kernel import Kernel  # noqa: E402
 from hive_framework.models import NodeInfo  # noqa: E402
 
@@ -150,15 +151,8 @@ class Proc:
         self._log.close()
 
 
-async def until(predicate: Any, timeout: float, what: str, interval: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
+async def until(predicate: Any, timeout: float, what: str) -> Any:
+    return await async_wait_until(predicate, timeout, 0.01, what)
 
 
 async def node_state(hive: Hive, name: str) -> NodeInfo | None:
