@@ -50,9 +50,9 @@ from bench.support import Namespace, log, pct  # noqa: E402
 from hive_framework import HiveConfig, TaskStatus, wire  # noqa: E402
 from hive_framework.default_plugins.foreman import ForemanAgent  # noqa: E402
 from hive_framework.hive import Hive  # noqa: E402
-from hive_framework.testing import async_wait_until  # noqa: E402
 from hive_framework.kernel import Kernel  # noqa: E402
 from hive_framework.models import NodeInfo  # noqa: E402
+from hive_framework.testing import async_wait_until  # noqa: E402
 
 N_NODES = 1_000
 STRATEGIES = ("load_score", "least_tasks", "round_robin")
