@@ -68,6 +68,12 @@ async def _blpop(redis: Redis, key: str, timeout: float) -> tuple[bytes, bytes] 
     return popped
 
 
+async def _peek(redis: Redis, key: str, timeout: float) -> bytes | None:
+    """Wait up to ``timeout`` seconds (fractional) for ``key``'s first element, leaving it in place."""
+    seen: bytes | None = await redis.execute_command("BLMOVE", key, key, "LEFT", "LEFT", timeout)
+    return seen
+
+
 def _text(values: Iterable[bytes | str]) -> list[str]:
     """Members or keys read from Redis, as ``str``."""
     return [v.decode() if isinstance(v, bytes) else v for v in values]
@@ -563,10 +569,8 @@ class MessageBroker:
             remaining = 5.0 if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 raise WaitTimeout(f"task {task_id} still {message.status.value} after {timeout}s")
-            popped = await _blpop(self.redis, done_key, min(max(remaining, 0.01), 5.0))
-            if popped is not None:
-                # Put the marker back for any other waiter of the same task.
-                await _awaited(self.redis.rpush(done_key, popped[1]))
+            # Rotating the list onto itself is a blocking peek: the marker stays for every other waiter.
+            await _peek(self.redis, done_key, min(max(remaining, 0.01), 5.0))
 
     async def iter_job(
         self, job_id: str, task_ids: Sequence[str], timeout: float | None = None
