@@ -245,18 +245,36 @@ async def run_spore(hive_kernel: Kernel) -> AsyncIterator[Callable[..., Awaitabl
             await asyncio.wait_for(runner, 30)
 
 
-@pytest.fixture
-def spore_processes(hive_config: HiveConfig, tmp_path: Path) -> Iterator[Callable[..., SporeProcess]]:
-    """Start spores as OS processes: ``spore_processes("a", apps=("tests.apps.basic",))``; stopped after."""
-    started: list[SporeProcess] = []
+P = TypeVar("P", bound=HiveProcess)
 
-    def start(name: str, **options: Any) -> SporeProcess:
-        options.setdefault("log_dir", tmp_path)
-        proc = SporeProcess(hive_config, name, **options)
+
+@contextlib.contextmanager
+def _launcher(make: Callable[..., P]) -> Iterator[Callable[..., P]]:
+    """A ``start(...)`` that builds processes with ``make`` and stops whichever still run at the end."""
+    started: list[P] = []
+
+    def start(*args: Any, **options: Any) -> P:
+        proc = make(*args, **options)
         started.append(proc)
         return proc
 
-    yield start
-    for proc in started:
-        if proc.proc.poll() is None:
-            proc.stop()
+    try:
+        yield start
+    finally:
+        for proc in started:
+            if proc.proc.poll() is None:
+                proc.stop()
+
+
+@pytest.fixture
+def spore_processes(hive_config: HiveConfig, tmp_path: Path) -> Iterator[Callable[..., SporeProcess]]:
+    """Start spores as OS processes: ``spore_processes("a", apps=("tests.apps.basic",))``; stopped after."""
+    with _launcher(lambda name, **o: SporeProcess(hive_config, name, **{"log_dir": tmp_path, **o})) as start:
+        yield start
+
+
+@pytest.fixture
+def nexus_processes(hive_config: HiveConfig, tmp_path: Path) -> Iterator[Callable[..., NexusProcess]]:
+    """Start nexus processes: ``nexus_processes("n1")``; stopped after."""
+    with _launcher(lambda name="nexus", **o: NexusProcess(hive_config, name, **{"log_dir": tmp_path, **o})) as start:
+        yield start

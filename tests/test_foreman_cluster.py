@@ -8,8 +8,7 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
@@ -40,21 +39,6 @@ def hive_config(hive_redis_url: str, request: pytest.FixtureRequest) -> Iterator
 @pytest.fixture
 def hive_kernel(hive_config: HiveConfig) -> Kernel:
     return Kernel(hive_config, apps=[BASIC])
-
-
-@pytest.fixture
-def nexus_processes(hive_config: HiveConfig, tmp_path: Path) -> Iterator[Callable[..., NexusProcess]]:
-    started: list[NexusProcess] = []
-
-    def start(name: str) -> NexusProcess:
-        proc = NexusProcess(hive_config, name, log_dir=tmp_path)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.proc.poll() is None:
-            proc.stop()
 
 
 async def wait_all_final(hive: Hive, ids: list[str], timeout: float) -> list:
