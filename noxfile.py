@@ -30,6 +30,12 @@ nox.options.default_venv_backend = "venv"
 nox.options.error_on_missing_interpreters = False
 
 
+#: pytest-xdist processes per run (``HIVE_TEST_WORKERS``, default 3; ``0`` runs in one process). The tests
+#: mostly wait on spore processes and Redis, so three share two cores well: the suite takes about a third of
+#: its one-process time. A file's tests stay in one process (``loadfile``): they share module fixtures.
+_workers = os.environ.get("HIVE_TEST_WORKERS", "3")
+WORKERS = [] if _workers == "0" else ["-n", _workers, "--dist", "loadfile"]
+
 #: Every broker runs the whole suite; the spores, clients and fixtures pick it up from HIVE_TEST_BROKER.
 BROKERS = ["streams", "arq"]
 
@@ -45,11 +51,14 @@ def tests(session: nox.Session, broker: str) -> None:
         session.skip(f"the {broker} broker runs on Python {PYTHONS[0]} only")
     session.env["HIVE_TEST_BROKER"] = broker
     # playwright drives the system Chromium in tests/test_monitor_browser.py (never `playwright install`).
-    session.install(".[test]", "pytest-timeout", "playwright")
+    session.install(".[test]", "pytest-timeout", "pytest-xdist", "playwright")
     if EXAMPLE_PLUGIN.is_dir():
         session.install(str(EXAMPLE_PLUGIN))
+    # README's first command installs it beside hive, so the new-user suites (tests/test_readme_blocks.py,
+    # tests/test_mistakes.py: `hive scan`) run with it too.
+    session.install(str(ROOT / "plugins" / "security_scan"))
     # A hung test fails with its traceback after 5 minutes instead of stalling the whole run.
-    session.run("pytest", "--timeout=300", *session.posargs)
+    session.run("pytest", "--timeout=300", *WORKERS, *session.posargs)
 
 
 @nox.session
@@ -57,19 +66,21 @@ def plugins(session: nox.Session) -> None:
     """Install every plugin under plugins/ (each its own distribution), type-check it and run its own tests."""
     if not PLUGIN_DIRS:
         session.skip("no plugins/*/pyproject.toml")
-    session.install(".[test,lint]", "pytest-timeout", *(f"{p}[test]" for p in PLUGIN_DIRS))
+    session.install(".[test,lint]", "pytest-timeout", "pytest-xdist", *(f"{p}[test]" for p in PLUGIN_DIRS))
     for plugin in PLUGIN_DIRS:
         with session.chdir(plugin):
             session.run("mypy", "--config-file", "pyproject.toml", *(p.name for p in plugin.glob("hive_plugin_*")))
         if (plugin / "tests").is_dir():
-            session.run("pytest", "--timeout=300", str(plugin / "tests"), *session.posargs)
+            session.run("pytest", "--timeout=300", *WORKERS, str(plugin / "tests"), *session.posargs)
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """``ruff check`` on every Python file of the repository (formatting is not enforced)."""
-    session.install("ruff>=0.6")
+    """``ruff check`` on every Python file (formatting is not enforced) and the import contracts of hive_framework."""
+    session.install("ruff>=0.6", "import-linter>=2.1", "-e", ".")
     session.run("ruff", "check", *(session.posargs or ["."]))
+    # The layer and independence contracts in pyproject.toml: imports in hive_framework only point down.
+    session.run("lint-imports")
 
 
 @nox.session

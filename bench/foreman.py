@@ -47,8 +47,13 @@ from redis.asyncio import Redis as AsyncRedis  # noqa: E402
 
 from bench import support  # noqa: E402
 from bench.support import Namespace, log, pct  # noqa: E402
-from hive_framework import HiveConfig, TaskStatus, wire  # noqa: E402
-from hive_framework.default_plugins.foreman import ForemanAgent  # noqa: E402
+from hive_framework import (  # noqa: E402
+    ForemanAgent,
+    HiveConfig,
+    MessageBroker,
+    TaskStatus,
+    wire,
+)
 from hive_framework.hive import Hive  # noqa: E402
 from hive_framework.kernel import Kernel  # noqa: E402
 from hive_framework.models import NodeInfo  # noqa: E402
@@ -80,7 +85,7 @@ def bench_select(config: HiveConfig, nodes: list[NodeInfo], calls: int) -> list[
     rows = []
     for strategy in STRATEGIES:
         kernel = Kernel(config.evolve(balancer=strategy), load_entry_points=False)
-        foreman = ForemanAgent(kernel.create_broker())  # never connected: select_best_node reads the snapshot
+        foreman = ForemanAgent(MessageBroker(kernel))  # never connected: select_best_node reads the snapshot
         foreman.nodes = nodes
         for label, requirements in (("none", None), ('{"gpu": true}', {"gpu": True})):
             for _ in range(50):
@@ -101,7 +106,7 @@ def bench_select(config: HiveConfig, nodes: list[NodeInfo], calls: int) -> list[
 
 
 async def bench_refresh(config: HiveConfig, nodes: list[NodeInfo], rounds: int = 30) -> dict[str, Any]:
-    broker = Kernel(config, load_entry_points=False).create_broker()
+    broker = MessageBroker(Kernel(config, load_entry_points=False))
     await broker.connect()
     try:
         async with broker.redis.pipeline(transaction=False) as pipe:

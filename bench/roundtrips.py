@@ -43,7 +43,7 @@ from redis.asyncio import Redis as AsyncRedis  # noqa: E402
 
 from bench import support  # noqa: E402
 from bench.support import Namespace, Workers, log  # noqa: E402
-from hive_framework.default_plugins.broker import TaskSpec  # noqa: E402
+from hive_framework import TaskSpec  # noqa: E402
 from hive_framework.hive import Hive  # noqa: E402
 from hive_framework.kernel import Kernel  # noqa: E402
 

@@ -63,7 +63,7 @@ import hive_framework  # noqa: E402
 from bench import support  # noqa: E402
 from bench.jobs import SLEEP_S  # noqa: E402
 from bench.support import Namespace, Workers, log, pct  # noqa: E402
-from hive_framework.default_plugins.broker import TaskSpec  # noqa: E402
+from hive_framework import TaskSpec  # noqa: E402
 from hive_framework.hive import Hive  # noqa: E402
 from hive_framework.kernel import Kernel  # noqa: E402
 

@@ -15,6 +15,7 @@ from .errors import (
     HiveError,
     InvalidTask,
     PluginError,
+    RedisAuthFailed,
     RedisUnavailable,
     TaskFailed,
     UnknownTaskType,
@@ -23,34 +24,46 @@ from .errors import (
 )
 from .hookspecs import hookimpl
 from .kernel import Kernel
-from .models import BroadcastMessage, NodeInfo, TaskMessage, TaskStatus
+from .models import BroadcastMessage, InvalidProgress, NodeInfo, TaskMessage, TaskProgress, TaskStatus
 from .tasks import TaskContext, TaskType, task
 
 if TYPE_CHECKING:
-    from .default_plugins.broker import MessageBroker, TaskSpec
-    from .default_plugins.mapreduce import ParallelSkill
+    from .broker import MessageBroker, TaskSpec
+    from .clikit import CliState, echo_json, json_arg, pass_state, run_coro
+    from .config import non_negative, positive, read_plugin_settings
+    from .foreman import ForemanAgent
     from .hive import Hive
-    from .jobs import ItemOutcome
+    from .jobs import ItemOutcome, MapJob
+    from .parallel import ParallelSkill
     from .spore import Spore
+    from .supervisor import LocalCluster, PrivateNamespace, private_namespace
 
 __all__ = [
     "BroadcastMessage",
+    "CliState",
     "ConfigError",
+    "ForemanAgent",
     "Hive",
     "HiveConfig",
     "HiveError",
+    "InvalidProgress",
     "InvalidTask",
     "ItemOutcome",
     "Kernel",
+    "LocalCluster",
+    "MapJob",
     "MessageBroker",
     "NodeInfo",
     "ParallelSkill",
     "PluginError",
+    "PrivateNamespace",
+    "RedisAuthFailed",
     "RedisUnavailable",
     "Spore",
     "TaskContext",
     "TaskFailed",
     "TaskMessage",
+    "TaskProgress",
     "TaskSpec",
     "TaskStatus",
     "TaskType",
@@ -58,17 +71,39 @@ __all__ = [
     "WaitTimeout",
     "WireError",
     "__version__",
+    "echo_json",
     "hookimpl",
+    "json_arg",
+    "non_negative",
+    "pass_state",
+    "positive",
+    "private_namespace",
+    "read_plugin_settings",
+    "run_coro",
     "task",
 ]
 
 _LAZY = {
-    "MessageBroker": "hive_framework.default_plugins.broker",
-    "TaskSpec": "hive_framework.default_plugins.broker",
+    "MessageBroker": "hive_framework.broker",
+    "TaskSpec": "hive_framework.broker",
+    "ForemanAgent": "hive_framework.foreman",
     "Hive": "hive_framework.hive",
     "Spore": "hive_framework.spore",
-    "ParallelSkill": "hive_framework.default_plugins.mapreduce",
+    "ParallelSkill": "hive_framework.parallel",
     "ItemOutcome": "hive_framework.jobs",
+    # The SDK for plugin authors: command-line kit, local cluster, map jobs, plugin settings.
+    "CliState": "hive_framework.clikit",
+    "echo_json": "hive_framework.clikit",
+    "json_arg": "hive_framework.clikit",
+    "pass_state": "hive_framework.clikit",
+    "run_coro": "hive_framework.clikit",
+    "LocalCluster": "hive_framework.supervisor",
+    "PrivateNamespace": "hive_framework.supervisor",
+    "private_namespace": "hive_framework.supervisor",
+    "MapJob": "hive_framework.jobs",
+    "read_plugin_settings": "hive_framework.config",
+    "positive": "hive_framework.config",
+    "non_negative": "hive_framework.config",
 }
 
 

@@ -6,6 +6,7 @@ unknown TOML key or a value that does not parse is a :class:`ConfigError` naming
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import tomllib
@@ -27,7 +28,7 @@ Parser = Callable[[Any, Any], Any]
 # Environment names that belong to hive but are not settings.
 NON_SETTING_ENV = frozenset(
     {"HIVE_CONFIG", "HIVE_ENV_FILE", "HIVE_REQUIRE_REDIS", "HIVE_TEST_REDIS_URL", "HIVE_REQUIRE_BROWSER",
-     "HIVE_TEST_BROKER"}
+     "HIVE_TEST_BROKER", "HIVE_TEST_SPORE_REDIS_URL", "HIVE_REQUIRE_NETNS", "HIVE_COMPOSE_FILE", "HIVE_SENTINEL_TASKS"}
 )
 
 
@@ -58,11 +59,16 @@ def _redis_url(inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
         return
     try:
         parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
+        if "+" not in parts.scheme:  # a sentinel or cluster URL lists several host:port (connection.py parses it)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
         raise ValueError(f"{_label(attribute)} is not a valid URL: {exc}") from None
-    if parts.scheme not in {"redis", "rediss", "unix"}:
-        raise ValueError(f"{_label(attribute)} must start with redis://, rediss:// or unix://, got {mask_url(value)!r}")
+    if parts.scheme not in {"redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster",
+                            "rediss+cluster"}:
+        raise ValueError(
+            f"{_label(attribute)} must start with redis://, rediss://, unix:// or redis+sentinel://, "
+            f"got {mask_url(value)!r}"
+        )
 
 
 def _setting(default: Any, env: str, doc: str, validator: Any = None) -> Any:
@@ -79,7 +85,29 @@ class HiveConfig:
     redis_db: int = _setting(0, "REDIS_DB", "Redis database number.", non_negative)
     redis_password: str = _setting("", "REDIS_PASSWORD", "Redis password (never logged).")
     redis_url: str = _setting(
-        "", "REDIS_URL", "redis:// or rediss:// URL; overrides host, port, db and password.", _redis_url
+        "", "REDIS_URL", "redis://, rediss:// or redis+sentinel:// URL; overrides host, port, db and password.",
+        _redis_url,
+    )
+    redis_ca_file: str = _setting("", "HIVE_REDIS_CA_FILE", "CA bundle that verifies a rediss:// server.")
+    redis_cert_file: str = _setting("", "HIVE_REDIS_CERT_FILE", "Client certificate for rediss:// (optional).")
+    redis_key_file: str = _setting("", "HIVE_REDIS_KEY_FILE", "Private key of the client certificate.")
+    redis_tls_verify: bool = _setting(
+        True, "HIVE_REDIS_TLS_VERIFY", "Verify the rediss:// server's certificate and name (off: tests only)."
+    )
+    redis_sentinel_password: str = attrs.field(
+        default="",
+        repr=False,
+        metadata={"env": "HIVE_REDIS_SENTINEL_PASSWORD", "doc": "Password of the sentinels (never logged)."},
+    )
+    redis_wait_replicas: int = _setting(
+        0, "HIVE_REDIS_WAIT_REPLICAS", "Enqueue returns after this many replicas have the task (WAIT); 0: off.",
+        non_negative,
+    )
+    redis_wait_aof: bool = _setting(
+        False, "HIVE_REDIS_WAIT_AOF", "Also wait for the AOF fsync (WAITAOF, Redis 7.2+)."
+    )
+    redis_wait_timeout: float = _setting(
+        1.0, "HIVE_REDIS_WAIT_TIMEOUT", "How long an enqueue waits for those acknowledgements, seconds.", positive
     )
     high_priority_queue: str = _setting("venom:tasks:high", "HIVE_HIGH_PRIORITY_QUEUE", "High-priority queue.")
     background_queue: str = _setting("venom:tasks:background", "HIVE_BACKGROUND_QUEUE", "Background queue.")
@@ -105,6 +133,10 @@ class HiveConfig:
     heartbeat_interval: float = _setting(
         5.0, "HIVE_HEARTBEAT_INTERVAL", "Spore heartbeat interval, seconds.", positive
     )
+    redis_auth_limit: float = _setting(
+        300.0, "HIVE_REDIS_AUTH_LIMIT",
+        "A spore or nexus that Redis refuses to authenticate for this long exits non-zero, seconds.", positive,
+    )
     shutdown_grace: float = _setting(
         10.0, "HIVE_SHUTDOWN_GRACE", "On SIGTERM, wait this long for running tasks, then requeue.", non_negative
     )
@@ -118,11 +150,15 @@ class HiveConfig:
         "", "HIVE_STATE_DIR", "Where a spore keeps its node id (default: ~/.local/state/hive-framework)."
     )
     broker: str = _setting(
-        "streams", "HIVE_BROKER", "Queue engine: a create_broker plugin's name (streams or arq built in)."
+        "streams", "HIVE_BROKER", "Queue engine: a create_engine plugin's name (streams or arq built in)."
     )
     balancer: str = _setting("load_score", "HIVE_BALANCER", "Balancing strategy: a route_task plugin's name.")
     balancer_weights: tuple[float, float, float] = _setting(
         (0.4, 0.3, 0.3), "HIVE_BALANCER_WEIGHTS", "load_score weights for cpu, memory and tasks (comma separated)."
+    )
+    idempotency_window: float = _setting(
+        86400.0, "HIVE_IDEMPOTENCY_WINDOW",
+        "Seconds a submit's idempotency key keeps answering with the task it first made.", positive,
     )
     watchdog_interval: float = _setting(
         5.0, "HIVE_WATCHDOG_INTERVAL", "How often the nexus looks for zombies and stranded tasks, seconds.", positive
@@ -146,8 +182,14 @@ class HiveConfig:
         None, "HIVE_LOAD_PLUGINS", "Only these entry-point plugins are loaded (empty: none)."
     )
     trace_plugins: bool = _setting(False, "HIVE_TRACE_PLUGINS", "Log every hook call.")
+    log_tasks: bool = _setting(
+        False, "HIVE_LOG_TASKS", "Spores log one INFO line per task received and finished (costs CPU per task)."
+    )
     plugins: dict[str, dict[str, Any]] = attrs.field(
         factory=dict, metadata={"env": "", "doc": "Per-plugin sections ([plugins.NAME] in TOML)."}
+    )
+    schedules: dict[str, dict[str, Any]] = attrs.field(
+        factory=dict, metadata={"env": "", "doc": "Periodic tasks the leading nexus fires ([schedules.NAME] in TOML)."}
     )
 
     # --- derived -----------------------------------------------------------------------------------------
@@ -337,7 +379,9 @@ def _from_env(env: Mapping[str, str], *, source: str) -> dict[str, Any]:
             out[field] = value
         elif name.startswith("HIVE_") and name not in NON_SETTING_ENV:
             known = ", ".join(sorted(n for n in ENV_NAMES if n.startswith("HIVE_")))
-            raise ConfigError(f"unknown setting {name} in {source}; known HIVE_* settings: {known}")
+            close = difflib.get_close_matches(name, ENV_NAMES, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(f"unknown setting {name} in {source}; {hint}known HIVE_* settings: {known}")
     return out
 
 
@@ -357,13 +401,13 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: [hive] must be a table")
     values = dict(section)
     for key, value in data.items():
-        if key == "plugins" and "plugins" not in values:
-            values["plugins"] = value  # [plugins.NAME] beside [hive]
+        if key in ("plugins", "schedules") and key not in values:
+            values[key] = value  # [plugins.NAME] and [schedules.NAME] beside [hive]
         elif key != "hive":
-            # Never drop a setting silently: next to [hive], only [plugins.NAME] tables belong.
+            # Never drop a setting silently: next to [hive], only [plugins.NAME] and [schedules.NAME] belong.
             raise ConfigError(
-                f"unknown top-level key {key!r} in config file {path}; put settings under [hive] "
-                "and plugin settings under [plugins.NAME]"
+                f"unknown top-level key {key!r} in config file {path}; put settings under [hive], "
+                "plugin settings under [plugins.NAME] and periodic tasks under [schedules.NAME]"
             )
     return values
 
@@ -376,9 +420,9 @@ def _build(values: dict[str, Any], *, source: str) -> HiveConfig:
         if field is None:
             raise ConfigError(f"unknown setting {key!r} in {source}; known settings: {', '.join(sorted(fields))}")
         label = field.metadata.get("env") or key
-        if key == "plugins":
+        if key in ("plugins", "schedules"):
             if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
-                raise ConfigError("setting 'plugins' must map plugin names to tables")
+                raise ConfigError(f"setting {key!r} must map names to tables ([{key}.NAME])")
             kwargs[key] = raw
             continue
         parse = _parser_for(field)

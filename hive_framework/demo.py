@@ -12,6 +12,7 @@ import click
 from .config import HiveConfig
 from .errors import HiveError
 from .hive import Hive
+from .supervisor import LocalCluster, PrivateNamespace, private_namespace
 
 TEXT_SUFFIXES = {".py", ".md", ".txt", ".toml", ".rst", ".cfg", ".ini", ".json", ".yaml", ".yml"}
 
@@ -33,29 +34,20 @@ def text_files(root: Path, limit: int) -> list[Path]:
 @click.option("--limit", default=200, show_default=True, type=click.IntRange(min=1), help="Most files to count.")
 def demo(path: Path, spores: int, limit: int) -> None:
     """Count words in every text file under PATH on N local spores, and print who did what."""
-    from .cli import LocalCluster
-
     files = text_files(path.resolve(), limit)
     if not files:
         raise click.ClickException(f"no text files under {path}")
     config = HiveConfig.load()
     embedded = "auto" if config.redis_is_configured() else "always"
-    prefix = f"hive-demo-{time.time_ns()}"
-    env = {"HIVE_KEY_PREFIX": prefix, "HIVE_HIGH_PRIORITY_QUEUE": f"{prefix}:high",
-           "HIVE_BACKGROUND_QUEUE": f"{prefix}:background", "HIVE_BROADCAST_CHANNEL": f"{prefix}:broadcast"}
+    namespace = private_namespace("hive-demo")
     with LocalCluster(config, spores=spores, embedded=embedded, apps=("hive_framework.demo_tasks",),
-                      extra_env=env, quiet=True) as local:
+                      extra_env=namespace.env, quiet=True) as local:
         click.echo(f"Redis: {local.redis_description}")
-        asyncio.run(_count(local.url, env, files, spores, path.resolve()))
+        asyncio.run(_count(local.url, namespace, files, spores, path.resolve()))
 
 
-async def _count(url: str, env: dict[str, str], files: list[Path], spores: int, root: Path) -> None:
-    settings: dict[str, Any] = {
-        "key_prefix": env["HIVE_KEY_PREFIX"],
-        "high_priority_queue": env["HIVE_HIGH_PRIORITY_QUEUE"],
-        "background_queue": env["HIVE_BACKGROUND_QUEUE"],
-        "broadcast_channel": env["HIVE_BROADCAST_CHANNEL"],
-    }
+async def _count(url: str, namespace: PrivateNamespace, files: list[Path], spores: int, root: Path) -> None:
+    settings: dict[str, Any] = dict(namespace.settings)
     async with Hive.connect(url, apps=["hive_framework.demo_tasks"], **settings) as hive:
         deadline = time.monotonic() + 60
         while len(await hive.nodes()) < spores:

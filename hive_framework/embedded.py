@@ -16,9 +16,11 @@ import time
 from typing import Any
 
 import redis
+from redis.exceptions import AuthenticationError
 
 from .config import HiveConfig
-from .errors import RedisUnavailable
+from .connection import describe_error, sync_redis_client
+from .errors import RedisAuthFailed, RedisUnavailable
 
 
 def free_port() -> int:
@@ -28,15 +30,45 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def redis_answers(url: str, timeout: float = 0.5) -> bool:
-    """True when a Redis at ``url`` answers PING within ``timeout`` seconds."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+def redis_answers(url: str, timeout: float = 0.5, *, config: HiveConfig | None = None) -> bool:
+    """True when a Redis at ``url`` answers PING within ``timeout`` seconds (with ``config``: the Redis the
+    config names, with its TLS or Sentinel settings)."""
+    return ping_error(url, timeout, config=config) is None
+
+
+def ping_error(url: str, timeout: float = 0.5, *, config: HiveConfig | None = None) -> BaseException | None:
+    """Why a Redis at ``url`` (or the one ``config`` names) does not answer PING within ``timeout`` seconds;
+    ``None`` when it does."""
+    if config is not None:
+        client = sync_redis_client(config, connect_timeout=timeout, socket_timeout=timeout)
+    elif "+cluster" in url.partition("://")[0]:  # no hive prefix to route by: any node of the cluster
+        scheme, _, rest = url.partition("://")
+        auth, _, hosts = rest.rpartition("@")
+        first = hosts.split(",")[0].split("/")[0]
+        plain = f"{scheme.replace('+cluster', '')}://{auth + '@' if auth else ''}{first}/0"
+        client = redis.Redis.from_url(plain, socket_connect_timeout=timeout, socket_timeout=timeout)
+    else:
+        client = sync_redis_client(HiveConfig(redis_url=url), connect_timeout=timeout, socket_timeout=timeout)
     try:
-        return bool(client.ping())
-    except (redis.RedisError, OSError):
-        return False
+        client.ping()
+        return None
+    except (redis.RedisError, OSError) as exc:
+        return exc
     finally:
         client.close()
+
+
+def unreachable(exc: BaseException, safe_url: str) -> RedisUnavailable:
+    """The one-line error for a failed connection: Redis refusing the credentials is not Redis being down."""
+    if isinstance(exc, AuthenticationError) or "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+        return RedisAuthFailed(
+            f"Redis refused the password (AUTH) at {safe_url}: {exc}; set the right one in REDIS_URL "
+            "(redis://:PASSWORD@host:port/0) or REDIS_PASSWORD"
+        )
+    return RedisUnavailable(
+        f"no Redis answers at {safe_url} ({describe_error(exc)}); start one, set REDIS_URL, or run 'hive up' "
+        "for an embedded one"
+    )
 
 
 def wait_for_redis(url: str, timeout: float = 10.0) -> None:
@@ -84,6 +116,9 @@ class EmbeddedRedis:
              "--dir", self._tmp.name, "--daemonize", "no", "--loglevel", "warning"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # Its own session: Ctrl-C in the terminal reaches `hive up` and the spores, never this Redis,
+            # which `hive up` stops last, once the spores have handed their tasks back.
+            start_new_session=True,
         )
         self.kind = "redis-server"
         self.url = f"redis://127.0.0.1:{port}/0"
@@ -138,11 +173,18 @@ def resolve_redis(config: HiveConfig, *, embedded: str = "auto") -> tuple[str, E
     """
     url = config.effective_redis_url()
     if config.redis_is_configured() or embedded == "never":
-        if not redis_answers(url):
-            raise RedisUnavailable(f"no Redis answers at {config.safe_redis_url()}")
+        error = ping_error(url, config=config)
+        if error is not None:
+            raise unreachable(error, config.safe_redis_url())
         return url, None
-    if embedded == "auto" and redis_answers(url):
-        return url, None
+    if embedded == "auto":
+        error = ping_error(url, config=config)
+        if error is None:
+            return url, None
+        if isinstance(unreachable(error, ""), RedisAuthFailed):
+            # A Redis answers at the default address but wants a password: starting another beside it
+            # would hide the mistake, so say so.
+            raise unreachable(error, config.safe_redis_url())
     server = EmbeddedRedis(prefer="auto" if embedded in ("auto", "always") else embedded)
     server.start()
     return server.url, server

@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from types import ModuleType
 from typing import Any
 
+from .broker import MessageBroker, TaskSpec
 from .config import HiveConfig
-from .default_plugins.broker import MessageBroker, TaskSpec
-from .errors import TaskFailed, WaitTimeout
+from .errors import InvalidTask, TaskFailed, WaitTimeout
 from .jobs import ItemOutcome, MapJob
 from .kernel import Kernel
-from .models import NodeInfo, TaskMessage, TaskStatus
+from .models import NodeInfo, TaskMessage, TaskProgress, TaskStatus
 
 
 class Hive:
@@ -24,7 +24,7 @@ class Hive:
 
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
-        self.broker: MessageBroker = kernel.create_broker()
+        self.broker: MessageBroker = MessageBroker(kernel)
 
     @classmethod
     def connect(
@@ -72,6 +72,16 @@ class Hive:
 
     async def status(self, task_id: str) -> TaskMessage | None:
         return await self.broker.get_task_status(task_id)
+
+    async def progress(self, task_id: str) -> TaskProgress | None:
+        """The latest progress the task's handler reported (``context.progress``); ``None`` if none yet.
+
+        Raises :class:`InvalidTask` for an unknown (or expired) task id.
+        """
+        message = await self.broker.get_task_with_progress(task_id)
+        if message is None:
+            raise InvalidTask(f"no task with id {task_id!r} (unknown, or expired after HIVE_RESULT_TTL)")
+        return message.progress
 
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskMessage:
         """The task once it is final (completed, failed or cancelled)."""

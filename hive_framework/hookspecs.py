@@ -17,11 +17,10 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
+    from .broker.engine import Engine
     from .config import HiveConfig
-    from .default_plugins.broker import MessageBroker
-    from .kernel import Kernel
     from .models import BroadcastMessage, NodeInfo, TaskMessage
-    from .tasks import TaskContext, TaskType
+    from .tasks import BroadcastContext, TaskContext, TaskType
 
 PROJECT = "hive_framework"
 
@@ -56,15 +55,19 @@ def register_commands(cli: click.Group) -> None:
     """
 
 
-@hookspec(firstresult=True)
-def create_broker(kernel: Kernel) -> MessageBroker | None:
-    """Build the broker: the engine that stores tasks, queues them and feeds spores.
+@hookspec
+def create_engine(config: HiveConfig) -> Engine | None:
+    """Build the queueing engine under :class:`~hive_framework.MessageBroker`: how a task's job is queued,
+    taken by a spore, settled, handed back and recovered (:class:`~hive_framework.broker.Engine`).
 
-    The default (``broker`` plugin, Redis + ARQ) is ``trylast``; a plugin that ships another engine
-    returns an object with the same public methods as :class:`~hive_framework.MessageBroker`.
+    Only the plugin that ``HIVE_BROKER`` names is called (built in: ``streams``, the default, and
+    ``arq``), so the engine is chosen by configuration, never by registration order. A third-party engine
+    is a plugin implementing this hook under its own name; ``hive_framework.testing.engine_contract``
+    holds the tests every engine must pass.
 
-    :param kernel: the kernel the broker serves (config, hooks, task types).
-    Runs everywhere a broker is needed. Stops at the first non-None result.
+    :param config: the hive's settings.
+    :return: a new :class:`~hive_framework.broker.Engine` (one per broker).
+    Runs everywhere a broker is built (client, spore, nexus).
     """
 
 
@@ -121,6 +124,82 @@ def claim_items(description: str, items: list[Any], config: HiveConfig) -> str |
 
 
 # --------------------------------------------------------------------------------------------------
+# Life cycle: around every enqueue (client) and every attempt (spore), for metrics, tracing, error reports
+#
+# Every impl is called, in pluggy's order, each on its own: one that raises is logged and the others still
+# run, and the task goes on as if no hook were there. ``async def`` impls are awaited. Wrappers are refused.
+# --------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def before_enqueue(task: TaskMessage, config: HiveConfig) -> Awaitable[None] | None:
+    """Look at a task about to be enqueued, and add text metadata to ``task.headers`` (e.g. a trace context).
+
+    Only ``task.headers`` may be changed: the task is validated already, and other changes are undefined.
+    Entries that are not text to text are dropped with a warning; headers grown past 8 KiB are put back.
+
+    :param task: the validated task (status pending), not yet written.
+    :param config: the hive's settings.
+    Runs in the process that enqueues (client, nexus, spore), once per task, before anything is written.
+    """
+
+
+@hookspec
+def before_task(task: TaskMessage, node_id: str) -> Awaitable[None] | None:
+    """An attempt of ``task`` is about to run on this spore (marked running and saved, attempt counted).
+
+    Exactly one of ``after_task``, ``on_retry`` or ``on_task_failure`` follows, unless the spore stops
+    and hands the unfinished attempt back to the queue. Treat ``task`` as read-only.
+
+    :param task: the task, status running.
+    :param node_id: the spore running it.
+    Runs on a spore, on its event loop, in the asyncio task that then runs the handler.
+    """
+
+
+@hookspec
+def after_task(task: TaskMessage, result: Any, node_id: str) -> Awaitable[None] | None:
+    """An attempt of ``task`` completed and its result was recorded (or dropped: the task was cancelled meanwhile).
+
+    :param task: the task, status completed (``task.completed_at`` and ``task.started_at`` time the attempt).
+    :param result: the handler's result.
+    :param node_id: the spore that ran it.
+    Runs on a spore, after the outcome is written.
+    """
+
+
+@hookspec
+def on_retry(task: TaskMessage, error: str, exception: BaseException | None, delay: float,
+             node_id: str) -> Awaitable[None] | None:
+    """An attempt of ``task`` failed and the task was scheduled to run again in ``delay`` seconds.
+
+    :param task: the task, status retrying, ``task.attempt`` the attempt that failed.
+    :param error: the error as recorded (``Type: message``).
+    :param exception: what the handler raised (a ``TimeoutError`` for a timeout).
+    :param delay: seconds until the next attempt may start.
+    :param node_id: the spore that ran it.
+    Runs on a spore, after the retry is written.
+    """
+
+
+@hookspec
+def on_task_failure(task: TaskMessage, error: str, exception: BaseException | None,
+                    node_id: str) -> Awaitable[None] | None:
+    """``task`` failed for good on this spore: its last attempt failed, or it is out of attempts.
+
+    Also called, with ``exception`` ``None`` and no ``before_task`` before it, for a task the spore
+    fails at once because the spores that ran it before kept dying; and when a cancellation won over
+    a failed attempt that would have retried (then ``task.status`` is still ``retrying``).
+
+    :param task: the task as this spore recorded it, status failed.
+    :param error: the error as recorded.
+    :param exception: what the handler raised, or ``None`` when nothing ran.
+    :param node_id: the spore that gave up on it.
+    Runs on a spore, after the failure is written.
+    """
+
+
+# --------------------------------------------------------------------------------------------------
 # Reduction: on the nexus/client, after a map-reduce job's items finished
 # --------------------------------------------------------------------------------------------------
 
@@ -143,24 +222,45 @@ def reduce(reducer: str, results: list[Any], config: HiveConfig) -> Any:
 
 
 @hookspec
-def on_broadcast(message: BroadcastMessage, context: Any) -> Awaitable[Any] | str | None:
+def on_broadcast(message: BroadcastMessage, context: BroadcastContext) -> Awaitable[Any] | str | None:
     """React to a broadcast command. Every impl is called; ``async def`` is allowed here.
 
     An impl that raises is logged and the others still run. A string returned (or awaited) is sent
     back to the sender as the reply detail for ``PING``-like commands.
 
     :param message: the decoded :class:`~hive_framework.models.BroadcastMessage`.
-    :param context: the receiving :class:`~hive_framework.spore.Spore`.
+    :param context: the receiving spore, as a :class:`~hive_framework.tasks.BroadcastContext` (node id and
+        name, kernel, config, broker, log, and ``pause()``, ``resume()``, ``request_stop()``).
     Runs on every spore the message targets.
     """
 
 
 @hookspec(firstresult=True)
-def apply_update(package: Any, context: Any) -> Awaitable[Any] | None:
+def apply_update(package: Any, context: BroadcastContext) -> Awaitable[Any] | None:
     """Install an update package on this spore (the OTA plugin implements it).
 
     :param package: the update description received with ``UPDATE_SYSTEM``.
-    :param context: the receiving :class:`~hive_framework.spore.Spore`.
+    :param context: the receiving spore, as a :class:`~hive_framework.tasks.BroadcastContext`.
     :return: ``None`` when this plugin cannot apply it, else an awaitable of the outcome.
     Runs on a spore. Stops at the first non-None result.
+    """
+
+
+# --------------------------------------------------------------------------------------------------
+# Scaling: in the process that runs the local autoscaler (``hive up --autoscale MIN:MAX``)
+# --------------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def autoscale_decision(state: Any, config: HiveConfig) -> int | None:
+    """Choose how many spores the local autoscaler should run now; ``None`` leaves it to the default policy.
+
+    The default (:func:`hive_framework.autoscale.default_policy`) grows when the backlog per spore or the
+    oldest task's wait passes its threshold and shrinks, one idle spore at a time, after the cool-down.
+
+    :param state: an :class:`hive_framework.autoscale.ScaleState`: backlog, running spores and how long
+        each has been idle, the MIN/MAX bounds and the thresholds.
+    :param config: the hive's settings.
+    :return: the wanted number of spores (clamped to MIN..MAX by the caller), or ``None``.
+    Runs in the autoscaler's process, once per tick. Stops at the first non-None result.
     """

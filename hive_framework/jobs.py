@@ -15,7 +15,7 @@ import attrs
 from .models import TaskMessage, TaskStatus
 
 if TYPE_CHECKING:
-    from .default_plugins.broker import MessageBroker
+    from .broker import MessageBroker
 
 
 @attrs.define(kw_only=True)
@@ -59,6 +59,9 @@ class MapJob:
         priority: int | str | None = None,
         timeout: float | None = None,
         max_retries: int | None = None,
+        requirements: dict[str, Any] | None = None,
+        wait_timeout: float | None = None,
+        allow_unknown: bool = False,
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -70,6 +73,9 @@ class MapJob:
         self.priority = priority
         self.timeout = timeout
         self.max_retries = max_retries
+        self.requirements = requirements
+        self.wait_timeout = wait_timeout
+        self.allow_unknown = allow_unknown
         self.job_id = uuid.uuid4().hex
         self.task_ids: list[str] = []
         self._indexes: dict[str, list[int]] = {}
@@ -77,7 +83,7 @@ class MapJob:
         self.started = 0.0
 
     async def submit(self) -> list[str]:
-        from .default_plugins.broker import TaskSpec
+        from .broker import TaskSpec
 
         payloads = [item_payload(item, self.description) for item in self.items]
         specs = []
@@ -95,6 +101,9 @@ class MapJob:
                     priority=self.priority,
                     timeout=self.timeout,
                     max_retries=self.max_retries,
+                    requirements=self.requirements,
+                    wait_timeout=self.wait_timeout,
+                    allow_unknown=self.allow_unknown,
                     job_id=self.job_id,
                     chunk=chunk,
                 )

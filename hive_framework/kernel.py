@@ -6,6 +6,8 @@ import asyncio
 import importlib
 import inspect
 import logging
+import os
+import traceback
 from collections.abc import Iterable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -15,13 +17,17 @@ import pluggy
 from .config import HiveConfig
 from .errors import InvalidTask, PluginError, UnknownTaskType
 from .keys import Keys
-from .plugins import check_plugins, make_plugin_manager, plugin_version
+from .plugins import LIFECYCLE_HOOKS, check_plugins, make_plugin_manager, plugin_version
+from .policies import node_meets
 from .tasks import TaskType
 
 if TYPE_CHECKING:
-    from .default_plugins.broker import MessageBroker
+    import click
+    from pluggy import HookImpl
+
+    from .broker.engine import Engine
     from .models import BroadcastMessage, NodeInfo, TaskMessage
-    from .tasks import TaskContext
+    from .tasks import BroadcastContext, TaskContext
 
 logger = logging.getLogger(__name__)
 
@@ -49,24 +55,20 @@ class Kernel:
         self.task_types: dict[str, TaskType] = {}
         self._collect_task_types()
         self._route_caller = self._router()
+        self._refresh_lifecycle()
 
     # --- plugins and task types ---------------------------------------------------------------------
 
     def load_app(self, app: str | ModuleType) -> ModuleType:
         """Import a user module (``--app``) and register it as a plugin so its tasks and hooks count."""
-        if isinstance(app, str):
-            try:
-                module = importlib.import_module(app)
-            except ImportError as exc:
-                raise PluginError(f"cannot import app module {app!r}: {exc}") from exc
-        else:
-            module = app
+        module = import_app(app) if isinstance(app, str) else app
         if self.pm.get_name(module) is None and not self.pm.is_registered(module):
             self._register(module, name=f"app:{module.__name__}")
         if hasattr(self, "_route_caller"):  # loaded after start-up: check it and pick up what it adds
             check_plugins(self.pm)
             self._collect_task_types()
             self._route_caller = self._router()
+            self._refresh_lifecycle()
         return module
 
     def register_plugin(self, plugin: Any, name: str | None = None) -> str:
@@ -80,9 +82,11 @@ class Kernel:
             # The router reaches one balancer by excluding the others it knew of: rebuild it, or a
             # route_task impl added now would run ahead of the HIVE_BALANCER choice.
             self._route_caller = self._router()
+            self._refresh_lifecycle()
         except PluginError:
             self.pm.unregister(plugin)  # a refused plugin must not stay half-registered
             self._collect_task_types()
+            self._refresh_lifecycle()
             raise
         return registered
 
@@ -98,6 +102,7 @@ class Kernel:
         self.pm.unregister(plugin)
         self._collect_task_types()
         self._route_caller = self._router()
+        self._refresh_lifecycle()
 
     def _collect_task_types(self) -> None:
         found: dict[str, TaskType] = {}
@@ -172,19 +177,25 @@ class Kernel:
 
     # --- hook calls -----------------------------------------------------------------------------------
 
-    def create_broker(self) -> MessageBroker:
+    def create_engine(self) -> Engine:
+        """A new engine from the ``create_engine`` impl of the plugin ``HIVE_BROKER`` names."""
         wanted = self.config.broker
-        impls = [i for i in self.pm.hook.create_broker.get_hookimpls() if i.plugin_name == wanted]
+        impls = [i for i in self.pm.hook.create_engine.get_hookimpls() if i.plugin_name == wanted]
         if not impls:
-            installed = sorted(i.plugin_name for i in self.pm.hook.create_broker.get_hookimpls())
+            installed = sorted(i.plugin_name for i in self.pm.hook.create_engine.get_hookimpls())
             raise PluginError(
-                f"HIVE_BROKER names {wanted!r}, which is not an installed broker (create_broker); "
+                f"HIVE_BROKER names {wanted!r}, which is not an installed engine (create_engine); "
                 f"installed: {', '.join(installed) or 'none'}"
             )
-        broker: MessageBroker | None = self._only(impls[0].plugin, "create_broker")(kernel=self)
-        if broker is None:
-            raise PluginError(f"broker plugin {wanted!r} returned no broker")
-        return broker
+        built: list[Engine] = self._only(impls[0].plugin, "create_engine")(config=self.config)
+        engine = built[0] if built else None
+        if engine is None:
+            raise PluginError(f"engine plugin {wanted!r} returned no engine")
+        return engine
+
+    def register_commands(self, cli: click.Group) -> None:
+        """Let every plugin add its subcommands to the ``hive`` command line (``register_commands``)."""
+        self.pm.hook.register_commands(cli=cli)
 
     def balancers(self) -> list[str]:
         """Names of the plugins that implement ``route_task`` (the strategies ``HIVE_BALANCER`` may name)."""
@@ -202,15 +213,17 @@ class Kernel:
             )
         return self._only(chosen[0], "route_task")
 
+    def eligible_nodes(self, task: TaskMessage, nodes: list[NodeInfo]) -> list[NodeInfo]:
+        """The nodes that may run ``task``: not paused and meeting ``task.requirements``."""
+        return [n for n in nodes if not n.paused and node_meets(n, task.requirements)]
+
     def route(self, task: TaskMessage, nodes: list[NodeInfo]) -> str | None:
         """The node the configured strategy picks for ``task``, among eligible nodes only; ``None`` if none fits.
 
         Eligible: not paused, meeting ``task.requirements``. The strategy's answer is checked: a node
         outside that list is refused with :class:`PluginError` naming the strategy.
         """
-        from .default_plugins.foreman import node_meets
-
-        eligible = [n for n in nodes if not n.paused and node_meets(n, task.requirements)]
+        eligible = self.eligible_nodes(task, nodes)
         if not eligible:
             return None
         node: str | None = self._route_caller(task=task, nodes=eligible, config=self.config)
@@ -243,7 +256,7 @@ class Kernel:
             raise PluginError(f"no plugin provides the reducer {reducer!r}")
         return value
 
-    async def broadcast(self, message: BroadcastMessage, context: Any) -> list[str]:
+    async def broadcast(self, message: BroadcastMessage, context: BroadcastContext) -> list[str]:
         """Call every ``on_broadcast`` impl, awaiting async ones; one failing impl never stops the rest."""
         details: list[str] = []
         for impl in self.pm.hook.on_broadcast.get_hookimpls():
@@ -260,16 +273,75 @@ class Kernel:
                 logger.exception("plugin %s failed on broadcast %s", impl.plugin_name, message.command)
         return details
 
+    def _refresh_lifecycle(self) -> None:
+        """Note the impls of each life-cycle hook, in call order, so a hook nobody implements costs one test."""
+        self.lifecycle: dict[str, tuple[HookImpl, ...]] = {
+            name: tuple(reversed(getattr(self.pm.hook, name).get_hookimpls())) for name in LIFECYCLE_HOOKS
+        }
+
+    async def run_lifecycle(self, hook: str, **kwargs: Any) -> None:
+        """Call every impl of the life-cycle hook ``hook``; one that raises is logged and the rest still run.
+
+        Callers test ``kernel.lifecycle[hook]`` first, to skip building the arguments when it is empty.
+        """
+        for impl in self.lifecycle[hook]:
+            try:
+                outcome = impl.function(*[kwargs[name] for name in impl.argnames])
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                task = kwargs.get("task")
+                logger.exception("plugin %s failed in %s (task %s); going on without it", impl.plugin_name, hook,
+                                 getattr(task, "task_id", "?"))
+
     def _only(self, plugin: Any, hook: str) -> Any:
         """A caller of ``hook`` that reaches ``plugin``'s impl alone (per-plugin isolation and ownership)."""
         others = [p for _, p in self.pm.list_name_plugin() if p is not plugin]
         return self.pm.subset_hook_caller(hook, remove_plugins=others)
 
-    async def apply_update(self, package: Any, context: Any) -> Any:
+    async def apply_update(self, package: Any, context: BroadcastContext) -> Any:
         awaitable = self.pm.hook.apply_update(package=package, context=context)
         if awaitable is None:
             raise PluginError("no plugin can apply updates (install hive-plugin-ota)")
         return await awaitable
+
+
+def import_app(name: str) -> ModuleType:
+    """Import an ``--app`` module; any failure is one :class:`PluginError` line saying where and what to do.
+
+    The ``hive`` command puts the current directory on ``sys.path`` first (as Celery, RQ, Dramatiq and ARQ
+    do), so ``hive spore --app myapp.tasks`` works from the folder holding ``myapp/``.
+    """
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (name == missing or name.startswith(missing + ".")):
+            raise PluginError(
+                f"cannot import app module {name!r}: {exc}; hive looks in the current directory "
+                f"({os.getcwd()}) and on PYTHONPATH: run it from the folder that holds {missing.split('.')[0]!r} "
+                "or add that folder to PYTHONPATH"
+            ) from None
+        raise PluginError(
+            f"app module {name!r} imports {missing!r}, which is not installed{_where(exc)}: "
+            f"install it (pip install ...) in this environment"
+        ) from None
+    except SyntaxError as exc:
+        raise PluginError(
+            f"app module {name!r} has a syntax error at {exc.filename}:{exc.lineno}: {exc.msg}; fix it and run again"
+        ) from None
+    except Exception as exc:
+        raise PluginError(
+            f"app module {name!r} failed while importing{_where(exc)}: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _where(exc: BaseException) -> str:
+    """`` at FILE:LINE``: the deepest frame of ``exc``'s traceback outside importlib, if any."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "importlib" not in f.filename]
+    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
 def _module_attrs(plugin: Any) -> list[Any]:

@@ -1,4 +1,9 @@
-"""Every Redis key and channel hive uses, built from config in this one place."""
+"""Every Redis key and channel of the engine-neutral core, built from config in this one place.
+
+Each queueing engine keeps its own keys under :meth:`Keys.engine` (``{prefix}:<engine>:...``) and reads its
+queues' names from here, so every key of a hive starts with its prefix (given queue names under it, as the
+defaults are: ``venom:tasks:high`` under ``venom``).
+"""
 
 from __future__ import annotations
 
@@ -34,6 +39,11 @@ class Keys:
     def task(self, task_id: str) -> str:
         """JSON :class:`TaskMessage`."""
         return f"{self.prefix}:task:{task_id}"
+
+    def progress(self, task_id: str) -> str:
+        """JSON :class:`TaskProgress` a running task reported last (written apart from the record, so a progress
+        write never races a status write)."""
+        return f"{self.prefix}:progress:{task_id}"
 
     def status_index(self, status: TaskStatus | str) -> str:
         """Sorted set of task ids in one status, scored by the time they entered it."""
@@ -92,16 +102,6 @@ class Keys:
         return f"{self.prefix}:nodeinfo"
 
     @property
-    def delayed(self) -> str:
-        """Sorted set of retries waiting out their backoff (streams broker), scored by due time in ms."""
-        return f"{self.prefix}:delayed"
-
-    @property
-    def stream_entries(self) -> str:
-        """Hash engine job id -> stream entry id of queued jobs (streams broker), so a job can be dropped."""
-        return f"{self.prefix}:entries"
-
-    @property
     def unrouted(self) -> str:
         """Sorted set of tasks waiting for a node that meets their requirements, scored by arrival."""
         return f"{self.prefix}:unrouted"
@@ -112,9 +112,38 @@ class Keys:
         return f"{self.prefix}:dead"
 
     @property
+    def dead_records(self) -> str:
+        """Hash of records that could not be decoded (poison), quarantined once each: "<key> <part>" -> JSON
+        with the reason, the raw bytes (base64, size-capped) and when (see :mod:`hive_framework.broker.poison`)."""
+        return f"{self.prefix}:dead:records"
+
+    @property
+    def dead_records_index(self) -> str:
+        """Sorted set of the :attr:`dead_records` fields by when they were quarantined (for retention)."""
+        return f"{self.prefix}:dead:records:at"
+
+    @property
     def nexus_leader(self) -> str:
         """Lease held by the nexus whose watchdog acts (one at a time)."""
         return f"{self.prefix}:nexus:leader"
+
+    def idempotency(self, key: str) -> str:
+        """String: the id of the task a submit with idempotency key ``key`` made (expires with the window)."""
+        return f"{self.prefix}:idem:{key}"
+
+    @property
+    def schedule_defs(self) -> str:
+        """Hash: schedule name -> its JSON :class:`~hive_framework.schedules.Schedule`, as the leading nexus runs it."""
+        return f"{self.prefix}:schedules:defs"
+
+    @property
+    def schedule_ticks(self) -> str:
+        """Hash: schedule name -> the last tick claimed (Unix seconds); ``NAME:task`` -> that tick's task id."""
+        return f"{self.prefix}:schedules:ticks"
+
+    def engine(self, name: str) -> str:
+        """Root of the keys one queueing engine owns (``{prefix}:streams``, ``{prefix}:arq``)."""
+        return f"{self.prefix}:{name}"
 
     def node_queue(self, node_id: str) -> str:
         """Queue read only by one node (tasks assigned to it)."""

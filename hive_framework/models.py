@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,6 +45,44 @@ class TaskStatus(enum.StrEnum):
         return self in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
 
 
+#: Longest progress note kept; a longer one is cut (progress is written often and must stay small).
+PROGRESS_NOTE_MAX = 500
+
+
+class InvalidProgress(ValueError):
+    """A handler reported progress that means nothing (NaN, negative, done past total, a non-text note)."""
+
+
+@attrs.define(kw_only=True)
+class TaskProgress:
+    """How far a running task says it is: ``done`` of ``total`` units, with an optional note."""
+
+    done: float
+    total: float
+    note: str | None = None
+    #: The attempt that reported it (a retried task starts over).
+    attempt: int = 0
+    updated_at: datetime = attrs.field(factory=utcnow)
+
+    @classmethod
+    def checked(cls, done: object, total: object, note: object = None, *, attempt: int = 0) -> TaskProgress:
+        """Validate what a handler passed; :class:`InvalidProgress` says what is wrong."""
+        for name, value in (("done", done), ("total", total)):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidProgress(f"progress {name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise InvalidProgress(f"progress {name} must be finite, got {value!r}")
+            if value < 0:
+                raise InvalidProgress(f"progress {name} must be >= 0, got {value!r}")
+        assert isinstance(done, int | float) and isinstance(total, int | float)
+        if done > total:
+            raise InvalidProgress(f"progress done ({done!r}) is more than total ({total!r})")
+        if note is not None and not isinstance(note, str):
+            raise InvalidProgress(f"progress note must be text or None, got {type(note).__name__}")
+        return cls(done=float(done), total=float(total), note=None if note is None else note[:PROGRESS_NOTE_MAX],
+                   attempt=attempt)
+
+
 @attrs.define(kw_only=True)
 class TaskMessage:
     """One task and its whole state. Lives as JSON at ``{prefix}:task:{task_id}``.
@@ -74,8 +113,16 @@ class TaskMessage:
     chunk: list[dict[str, Any]] | None = None
     #: Why the task is in its status, when that needs saying (e.g. waiting for a node with a GPU).
     reason: str | None = None
-    #: ARQ job that carries this task now; a manual retry gets a fresh one so ARQ never drops it.
+    #: How long the task may wait for an online spore that serves its type before it fails (None: no limit).
+    wait_timeout: float | None = None
+    #: The engine job that carries this task now; a retry, move or zombie re-run gets a fresh one, so a spore
+    #: holding the old job skips it (and ARQ never drops the new one as a duplicate).
     engine_job_id: str = ""
+    #: Text metadata carried with the task (a trace context, a tenant...): set by the caller or ``before_enqueue``.
+    headers: dict[str, str] = attrs.field(factory=dict)
+    #: The last progress the handler reported (``TaskContext.progress``); the live value is read with
+    #: :meth:`MessageBroker.get_task_with_progress`.
+    progress: TaskProgress | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -99,6 +146,9 @@ class NodeInfo:
     paused: bool = False
     capabilities: dict[str, Any] = attrs.field(factory=dict)
     task_types: list[str] = attrs.field(factory=list)
+    #: The declared options of each served task type (priority, timeout, max_retries, requirements,
+    #: wait_timeout), so a client without the type's code can enqueue it by name.
+    task_options: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     plugins: list[str] = attrs.field(factory=list)
     hive_version: str = ""
     code_version: str = ""

@@ -18,8 +18,14 @@ from typing import Any
 
 from redis.exceptions import WatchError
 
-from .default_plugins.foreman import ForemanAgent
+from .broker import MessageBroker
+from .broker.retention import trim
+from .errors import FatalCondition
+from .foreman import ForemanAgent
 from .kernel import Kernel
+from .outage import RedisLink, is_outage, try_twice
+from .redisutil import raise_if_cancelling
+from .schedules import Scheduler, collect_schedules
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +33,15 @@ logger = logging.getLogger(__name__)
 class Watchdog:
     """Finds zombie tasks and stranded work every ``HIVE_WATCHDOG_INTERVAL`` seconds, when leader."""
 
-    def __init__(self, broker: Any, *, interval: float | None = None) -> None:
+    def __init__(self, broker: Any, *, interval: float | None = None, link: RedisLink | None = None) -> None:
         self.broker = broker
         self.config = broker.kernel.config
         self.interval = interval or self.config.watchdog_interval
         self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.is_leader = False
+        self.link = link or RedisLink(logger, auth_limit=self.config.redis_auth_limit)
+        #: Why the watchdog gave up (a named fatal condition), else ``None``.
+        self.fatal: str | None = None
         self.stats = {"zombies_requeued": 0, "zombies_failed": 0, "placed": 0, "expired": 0, "rerouted": 0}
 
     async def hold_lease(self) -> bool:
@@ -56,6 +65,11 @@ class Watchdog:
         return True
 
     async def release_lease(self) -> None:
+        """Give the lease back if this process holds it, so a standby leads at once (else it lapses after three
+        intervals)."""
+        await try_twice(self._release_lease, f"give the lease of nexus {self.identity} back", logger)
+
+    async def _release_lease(self) -> None:
         redis = self.broker.redis
         key = self.broker.keys.nexus_leader
         async with redis.pipeline(transaction=True) as pipe:
@@ -86,6 +100,8 @@ class Watchdog:
         for label, count in (await self.broker.reroute_stranded()).items():
             if count:
                 done[label] = done.get(label, 0) + count
+        trimmed = await trim(self.broker)
+        self.stats["trimmed"] = self.stats.get("trimmed", 0) + sum(trimmed.values())
         for label, count in done.items():
             self.stats[label] = self.stats.get(label, 0) + count
         return done
@@ -94,13 +110,30 @@ class Watchdog:
         return {n.node_id for n in await self.broker.get_nodes()}
 
     async def run(self) -> None:
+        """Sweep every interval until cancelled. While Redis is away the sweep is tried again with back-off
+        (one log line when the outage begins, one when it ends); a sweep failing otherwise is logged and the
+        next one runs as usual. Returns only on a named fatal condition (``self.fatal``)."""
+        backoff = self.link.backoff()
         while True:
+            raise_if_cancelling()
             try:
                 await self.sweep()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.exception("watchdog sweep failed")
+            except Exception as exc:
+                if not is_outage(exc):
+                    logger.exception("watchdog sweep failed")
+                else:
+                    self.is_leader = False
+                    self.link.lost(exc, "watchdog")
+                    self.fatal = self.link.fatal_reason()
+                    if self.fatal:
+                        return
+                    await asyncio.sleep(min(backoff.next_delay(), self.interval))
+                    continue
+            else:
+                self.link.back()
+            backoff.reset()
             await asyncio.sleep(self.interval)
 
 
@@ -109,9 +142,16 @@ class Nexus:
 
     def __init__(self, kernel: Kernel, *, monitor: bool | None = None) -> None:
         self.kernel = kernel
-        self.broker = kernel.create_broker()
-        self.foreman = ForemanAgent(self.broker)
-        self.watchdog = Watchdog(self.broker)
+        self.broker = MessageBroker(kernel)
+        self.link = RedisLink(logger, auth_limit=kernel.config.redis_auth_limit)
+        self.foreman = ForemanAgent(self.broker, link=self.link)
+        self.watchdog = Watchdog(self.broker, link=self.link)
+        #: Periodic tasks (``@task(schedule=...)`` and ``[schedules.NAME]``), fired while this nexus leads.
+        self.scheduler = Scheduler(
+            self.broker,
+            collect_schedules(kernel.task_types.values(), kernel.config.schedules),
+            identity=self.watchdog.identity,
+        )
         #: Serve the Hive Monitor (``HIVE_MONITOR``, default on); the server once it listens.
         self.serve_monitor = kernel.config.monitor if monitor is None else monitor
         self.monitor: Any = None
@@ -128,21 +168,28 @@ class Nexus:
                 loop.add_signal_handler(sig, self.request_stop)
         await self.foreman.start()
         sweeper = asyncio.create_task(self.watchdog.run(), name="hive-watchdog")
-        logger.info("nexus %s running: watchdog every %ss", self.watchdog.identity, self.watchdog.interval)
+        scheduler = asyncio.create_task(self.scheduler.run(lambda: self.watchdog.is_leader), name="hive-scheduler")
+        logger.info("nexus %s running: watchdog every %ss, %d schedule(s)", self.watchdog.identity,
+                    self.watchdog.interval, len(self.scheduler.schedules))
         try:
             if self.serve_monitor:
                 await self._start_monitor()
-            await self._stop.wait()
+            stopper = asyncio.create_task(self._stop.wait())
+            await asyncio.wait([stopper, sweeper], return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
         finally:
             if self.monitor is not None:
                 with contextlib.suppress(Exception):
                     await self.monitor.stop()
             sweeper.cancel()
-            await asyncio.gather(sweeper, return_exceptions=True)
+            scheduler.cancel()
+            await asyncio.gather(sweeper, scheduler, return_exceptions=True)
             await self.foreman.stop()
-            with contextlib.suppress(Exception):
-                await self.watchdog.release_lease()
+            await self.watchdog.release_lease()
             await self.broker.disconnect()
+        if self.watchdog.fatal:
+            logger.error("nexus stopped on a fatal condition: %s", self.watchdog.fatal)
+            raise FatalCondition(self.watchdog.fatal)
 
     async def _start_monitor(self) -> None:
         """Serve the Hive Monitor; a failure to serve it (a port in use...) is a warning, never the nexus's end."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import logging
+import re
 import warnings
 from typing import Any
 
@@ -19,22 +21,24 @@ logger = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "hive_framework.plugins"
 
 #: Built-in plugins (``module`` or ``module:object``), registered through the same ``pm.register`` as
-#: third-party ones. The three balancers are strategies; ``HIVE_BALANCER`` picks one.
+#: third-party ones. The two engines are chosen by ``HIVE_BROKER``, the three balancers by ``HIVE_BALANCER``.
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("tasks", "hive_framework.default_plugins.tasks"),
-    ("arq", "hive_framework.default_plugins.broker"),
     ("streams", "hive_framework.default_plugins.streams"),
-    ("load_score", "hive_framework.default_plugins.foreman:load_score_balancer"),
-    ("least_tasks", "hive_framework.default_plugins.foreman:least_tasks_balancer"),
-    ("round_robin", "hive_framework.default_plugins.foreman:round_robin_balancer"),
-    ("mapreduce", "hive_framework.default_plugins.mapreduce"),
+    ("arq", "hive_framework.default_plugins.arq"),
+    ("load_score", "hive_framework.default_plugins.balancers:load_score_balancer"),
+    ("least_tasks", "hive_framework.default_plugins.balancers:least_tasks_balancer"),
+    ("round_robin", "hive_framework.default_plugins.balancers:round_robin_balancer"),
+    ("mapreduce", "hive_framework.default_plugins.reducers"),
     ("control", "hive_framework.default_plugins.control"),
 )
 #: Plugins without which nothing works; ``HIVE_DISABLE_PLUGINS`` cannot block them.
 ESSENTIAL_PLUGINS = frozenset({"tasks"})
 
 #: Hooks whose first non-None result wins: an ``async def`` impl there would always win.
-FIRST_RESULT_HOOKS = ("route_task", "execute", "reduce", "apply_update", "create_broker", "claim_items")
+FIRST_RESULT_HOOKS = ("route_task", "execute", "reduce", "apply_update", "claim_items", "autoscale_decision")
+#: Hooks whose impls the kernel calls one by one, each failure logged and the task going on: no wrappers.
+LIFECYCLE_HOOKS = ("before_enqueue", "before_task", "after_task", "on_retry", "on_task_failure")
 
 
 def make_plugin_manager(config: HiveConfig, *, load_entry_points: bool = True) -> pluggy.PluginManager:
@@ -79,9 +83,11 @@ def _load_entry_points(pm: pluggy.PluginManager, config: HiveConfig) -> None:
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
         except pluggy.PluginValidationError as exc:
-            raise PluginError(f"plugin {name!r}: {exc}") from exc
+            raise PluginError(f"plugin {name!r}: {_did_you_mean(exc, pm)}", plugin=name) from exc
         except Exception as exc:
-            raise PluginError(f"plugin {name!r} failed to load: {type(exc).__name__}: {exc}") from exc
+            raise PluginError(
+                f"plugin {name!r} failed to load: {type(exc).__name__}: {exc}", plugin=name
+            ) from exc
 
 
 def check_plugins(pm: pluggy.PluginManager) -> None:
@@ -89,7 +95,8 @@ def check_plugins(pm: pluggy.PluginManager) -> None:
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {pm.get_name(exc.plugin)!r}: {exc}") from exc
+        name = pm.get_name(exc.plugin)
+        raise PluginError(f"plugin {name!r}: {_did_you_mean(exc, pm)}", plugin=name) from exc
     for hook_name in FIRST_RESULT_HOOKS:
         caller = getattr(pm.hook, hook_name, None)
         if caller is None:
@@ -100,6 +107,13 @@ def check_plugins(pm: pluggy.PluginManager) -> None:
                     f"plugin {impl.plugin_name!r}: {hook_name} is a first-result hook and must not be "
                     "'async def' (its coroutine would always win); return None or an awaitable instead"
                 )
+    for hook_name in LIFECYCLE_HOOKS:
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            if impl.hookwrapper or impl.wrapper:
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r}: {hook_name} is a life-cycle hook, called impl by impl, and "
+                    "takes no wrapper; implement it plainly (pair before_task with after_task for around-logic)"
+                )
     for caller in pm.hook.__dict__.values():
         if not isinstance(caller, pluggy.HookCaller):
             continue
@@ -109,6 +123,19 @@ def check_plugins(pm: pluggy.PluginManager) -> None:
                     f"plugin {impl.plugin_name!r}: {caller.name} parameter(s) "
                     f"{', '.join(impl.kwargnames)} have defaults; pluggy never passes those, remove the defaults"
                 )
+
+
+def _did_you_mean(exc: pluggy.PluginValidationError, pm: pluggy.PluginManager) -> str:
+    """pluggy's message, plus "did you mean 'on_broadcast'?" when it names an unknown hook close to a real one."""
+    text = str(exc)
+    match = re.search(r"unknown hook '([^']+)'", text)
+    if match:
+        hooks = [name for name, caller in vars(pm.hook).items()
+                 if isinstance(caller, pluggy.HookCaller) and caller.spec is not None]
+        close = difflib.get_close_matches(match.group(1), hooks, n=1)
+        if close:
+            text += f"; did you mean {close[0]!r}?"
+    return text
 
 
 def plugin_version(pm: pluggy.PluginManager, plugin: Any) -> str | None:

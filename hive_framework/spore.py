@@ -1,8 +1,9 @@
 """The spore: a worker process that takes tasks from the queues, runs them through ``execute`` and reports back.
 
-It runs ARQ's job machinery (:class:`HiveWorker`) over several queues in strict priority order, keeps a
-lease on each running job so a killed spore's tasks run again elsewhere, beats a :class:`NodeInfo`
-heartbeat, and obeys broadcasts. On SIGTERM/SIGINT it stops taking work, lets running tasks finish for
+Its engine's :class:`~hive_framework.broker.Worker` takes jobs in strict priority order and hands them to an
+:class:`~hive_framework.broker.AttemptRunner` that runs them here; the spore keeps the leases of running
+jobs fresh so a killed spore's tasks run again elsewhere, beats a :class:`NodeInfo` heartbeat, and obeys
+broadcasts. On SIGTERM/SIGINT it stops taking work, lets running tasks finish for
 ``HIVE_SHUTDOWN_GRACE`` seconds and hands the rest back to the queue: no task is lost.
 """
 
@@ -10,172 +11,72 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import shutil
 import signal
 import socket
+import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar
 
 import attrs
 import psutil
-from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
-from arq.worker import Retry, Worker, func
-from redis.asyncio import Redis
 
 from . import __version__, wire
-from .errors import UnknownTaskType, WireError
+from .broker import AttemptRunner, MessageBroker, Worker
+from .broker.placement import advertise, advertised_options
+from .broker.poison import digest, quarantine
+from .errors import FatalCondition, UnknownTaskType, WireError
+from .isolation import ProcessPool
 from .kernel import Kernel
-from .models import BroadcastMessage, BroadcastReply, NodeInfo, TaskMessage, TaskStatus, utcnow
+from .models import BroadcastMessage, BroadcastReply, NodeInfo, TaskMessage, utcnow
+from .outage import RedisLink, is_outage, try_twice
+from .redisutil import raise_if_cancelling
 from .tasks import TaskContext
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
-#: ARQ's own job timeout; hive enforces each task's timeout itself, inside this.
-_ENGINE_TIMEOUT_S = 7 * 86400
+#: One INFO line per task received and finished (type, id, node, attempt; then duration and outcome), when
+#: ``HIVE_LOG_TASKS`` (``hive spore --log-tasks``) is on or this logger is at DEBUG (``--log-level debug``).
+#: Off by default: the two lines cost 48-81 us of CPU per task (bench/task_log_cost.py), against about 195 us
+#: of spore CPU for a whole no-op task in bench/run.py.
+task_log = logging.getLogger("hive.tasks")
 
 
-class HiveWorker(Worker):
-    """ARQ's worker serving several queues: it starts a job from a lower queue only when no higher one has work.
+class HandlerPool(ThreadPoolExecutor):
+    """The spore's threads for sync handlers, counting the calls really running (``busy``), not idle threads."""
 
-    Only the parts of ARQ that assume a single queue are replaced: polling, starting and finishing
-    jobs. Running a job (``run_job``: retries, cancellation, timeouts) is ARQ's own.
-    """
-
-    def __init__(self, spore: Spore, *, queues: list[str], redis: Redis) -> None:
-        from .default_plugins.broker import RUN_FUNCTION, job_deserializer, job_serializer
-
-        config = spore.kernel.config
-        super().__init__(
-            functions=[func(spore.run_task_job, name=RUN_FUNCTION, timeout=_ENGINE_TIMEOUT_S, max_tries=10**9)],
-            queue_name=queues[0],
-            redis_pool=cast(ArqRedis, redis),  # ARQ only uses plain Redis commands of its pool here
-            handle_signals=False,
-            max_jobs=spore.concurrency,
-            job_timeout=_ENGINE_TIMEOUT_S,
-            keep_result=0,
-            poll_delay=config.poll_interval,
-            max_tries=10**9,
-            retry_jobs=True,
-            job_serializer=job_serializer,
-            job_deserializer=job_deserializer,
-            log_results=False,
-        )
-        self.queues = list(queues)
-        self.in_progress_timeout_s = config.lease_seconds
-        self._job_queue: dict[str, str] = {}
-        self._wake = asyncio.Event()
-
-    async def main(self) -> None:
-        """Poll the queues until cancelled; a freed slot wakes the loop at once."""
-        self.ctx["redis"] = self.pool
-        while True:
-            await self._poll_iteration()
-            # Not asyncio.wait_for: on 3.11 it swallows a cancel that lands just as the wake event is set,
-            # and this loop then never stops (a spore hung on shutdown).
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_delay_s):
-                    await self._wake.wait()
-            self._wake.clear()
-
-    async def _poll_iteration(self) -> None:
-        if self.allow_pick_jobs:
-            now = int(time.time() * 1000)
-            for queue in self.queues:
-                if self.job_counter >= self.max_jobs:
-                    break
-                job_ids = await self.pool.zrangebyscore(
-                    queue, min=float("-inf"), max=now, start=0, num=self.queue_read_limit
-                )
-                if job_ids:
-                    await self._start_from(queue, job_ids)
-        for job_id, task in list(self.tasks.items()):
-            if task.done():
-                del self.tasks[job_id]
-                task.result()
-
-    async def _start_from(self, queue: str, job_ids: list[bytes]) -> None:
-        for raw_id in job_ids:
-            if self.job_counter >= self.max_jobs:
-                return
-            job_id = raw_id.decode()
-            if job_id in self.tasks:
-                continue
-            in_progress = in_progress_key_prefix + job_id
-            async with self.pool.pipeline(transaction=True) as pipe:
-                await pipe.watch(in_progress)
-                running = await pipe.exists(in_progress)
-                score = await pipe.zscore(queue, job_id)
-                if running or score is None or score > time.time() * 1000:
-                    continue
-                pipe.multi()
-                pipe.psetex(in_progress, int(self.in_progress_timeout_s * 1000), b"1")
-                try:
-                    await pipe.execute()
-                except Exception as exc:  # WatchError: another spore took it first
-                    logger.debug("job %s taken elsewhere: %s", job_id, exc)
-                    continue
-            self.job_counter += 1
-            self._job_queue[job_id] = queue
-            job = self.loop.create_task(self.run_job(job_id, int(score)))
-            job.add_done_callback(functools.partial(self._job_done, job_id))
-            self.tasks[job_id] = job
-
-    def _job_done(self, job_id: str, _task: object = None) -> None:
-        self.job_counter -= 1
-        self._job_queue.pop(job_id, None)
-        self._wake.set()
-
-    async def finish_job(
-        self,
-        job_id: str,
-        finish: bool,
-        result_data: bytes | None,
-        result_timeout_s: float | None,
-        keep_result_forever: bool,
-        incr_score: int | None,
-        keep_in_progress: float | None,
-    ) -> None:
-        queue = self._job_queue.get(job_id, self.queue_name)
-        async with self.pool.pipeline(transaction=True) as pipe:
-            pipe.delete(in_progress_key_prefix + job_id)
-            if finish:
-                pipe.delete(retry_key_prefix + job_id, job_key_prefix + job_id)
-                pipe.zrem(queue, job_id)
-            elif incr_score:
-                pipe.zincrby(queue, incr_score, job_id)
-            await pipe.execute()
-
-    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
-        queue = self._job_queue.get(job_id, self.queue_name)
-        async with self.pool.pipeline(transaction=True) as pipe:
-            pipe.delete(retry_key_prefix + job_id, in_progress_key_prefix + job_id, job_key_prefix + job_id)
-            pipe.zrem(queue, job_id)
-            await pipe.execute()
-
-    async def refresh_leases(self) -> None:
-        """Extend the in-progress key of every job this spore runs, so live work is never re-run."""
-        if not self.tasks:
-            return
-        async with self.pool.pipeline(transaction=False) as pipe:
-            for job_id in self.tasks:
-                pipe.pexpire(in_progress_key_prefix + job_id, int(self.in_progress_timeout_s * 1000))
-            await pipe.execute()
+    def __init__(self, max_workers: int, thread_name_prefix: str) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+        self._busy = 0
+        self._busy_lock = threading.Lock()
 
     @property
-    def running(self) -> int:
-        return int(self.job_counter)
+    def busy(self) -> int:
+        """Handler calls started and not yet returned."""
+        return self._busy
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        def counted() -> T:
+            with self._busy_lock:
+                self._busy += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
+
+        return super().submit(counted)
 
 
-def retry_delay(config: Any, attempt: int) -> float:
-    """Exponential backoff: ``HIVE_RETRY_BACKOFF * 2**(attempt-1)``, capped at ``HIVE_RETRY_BACKOFF_MAX``."""
-    return float(min(config.retry_backoff * 2 ** (attempt - 1), config.retry_backoff_max))
+#: A broadcast handler's answer starting with one of these makes the spore's reply ``ok: false``.
+REFUSALS = ("rejected:", "failed:", "error:")
 
 
 def default_node_name() -> str:
@@ -226,15 +127,24 @@ class Spore:
         self._gpu = detect_gpu()
         #: Threads for sync task handlers; not the loop's default executor, so stopping never waits on a
         #: handler stuck past its timeout (its task has already been failed or handed back).
-        self.executor = ThreadPoolExecutor(max_workers=self.concurrency + 4, thread_name_prefix="hive-task")
-        self.broker = kernel.create_broker()
-        self.worker: Any = None
+        self.executor = HandlerPool(max_workers=self.concurrency + 4, thread_name_prefix="hive-task")
+        #: Child processes for sync handlers declared isolation="process" (started on first use).
+        self.processes = ProcessPool(
+            self.concurrency, preload={t.handler.__module__ for t in kernel.task_types.values()
+                                       if t.isolation == "process"},
+        )
+        self.broker = MessageBroker(kernel)
+        self.worker: Worker | None = None
         self.paused = False
         self.started_at = utcnow()
         self._stop = asyncio.Event()
         self._ready = asyncio.Event()
         self._loops: list[asyncio.Task[Any]] = []
         self.log = logging.getLogger(f"hive.spore.{self.node_name}")
+        #: The link to Redis every loop reports to: one log line per outage and per recovery.
+        self.link = RedisLink(self.log, auth_limit=self.config.redis_auth_limit)
+        #: Why the spore stopped on its own (a named fatal condition), else ``None``.
+        self.fatal: str | None = None
 
     # --- control -----------------------------------------------------------------------------------
 
@@ -242,18 +152,17 @@ class Spore:
         """Stop taking new tasks; running ones go on."""
         self.paused = True
         if self.worker is not None:
-            self.worker.allow_pick_jobs = False
+            self.worker.pause()
 
     def resume(self) -> None:
         self.paused = False
         if self.worker is not None and not self._stop.is_set():
-            self.worker.allow_pick_jobs = True
-            self.worker._wake.set()
+            self.worker.resume()
 
     def request_stop(self) -> None:
         """Begin a graceful stop (what SIGTERM does)."""
         if self.worker is not None:
-            self.worker.allow_pick_jobs = False
+            self.worker.pause()
         self._stop.set()
 
     async def wait_ready(self) -> None:
@@ -266,23 +175,33 @@ class Spore:
         if not self.broker.is_connected:
             await self.broker.connect()
         await self._claim_node_id()
-        self.worker = self.broker.create_worker(self)
+        runner = AttemptRunner(
+            self.broker, node_id=self.node_id, node_name=self.node_name, concurrency=self.concurrency,
+            task_types=sorted(self.kernel.task_types), execute=self._execute, log=self.log, link=self.link,
+        )
+        worker = self.worker = self.broker.engine.create_worker(runner)
         if self.paused:
-            self.worker.allow_pick_jobs = False
+            worker.pause()
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
         pubsub = await self.broker.subscribe_broadcast()
+        await advertise(self.broker.redis, self.kernel.keys, self.kernel.task_types)
         await self._beat()
+        first_pubsub: list[Any] = [pubsub]
+
+        async def listen() -> None:
+            await self._listen(first_pubsub.pop() if first_pubsub else None)
+
         self._loops = [
-            asyncio.create_task(self.worker.main(), name="hive-poll"),
-            asyncio.create_task(self._heartbeat_loop(), name="hive-heartbeat"),
-            asyncio.create_task(self._lease_loop(), name="hive-lease"),
-            asyncio.create_task(self._listen(pubsub), name="hive-broadcast"),
+            asyncio.create_task(self._keep("hive-poll", worker.main), name="hive-poll"),
+            asyncio.create_task(self._keep("hive-heartbeat", self._heartbeat_loop), name="hive-heartbeat"),
+            asyncio.create_task(self._keep("hive-lease", self._lease_loop), name="hive-lease"),
+            asyncio.create_task(self._keep("hive-broadcast", listen), name="hive-broadcast"),
         ]
         self.log.info(
             "spore %s ready: %d slots, queues %s, task types %s",
-            self.node_name, self.concurrency, self.worker.queues, sorted(self.kernel.task_types),
+            self.node_name, self.concurrency, worker.queues, sorted(self.kernel.task_types),
         )
         self._ready.set()
         try:
@@ -290,16 +209,63 @@ class Spore:
             await asyncio.wait([stopper, *self._loops], return_when=asyncio.FIRST_COMPLETED)
             for loop_task in self._loops:
                 if loop_task.done() and not loop_task.cancelled() and loop_task.exception():
-                    self.log.error("spore loop %s died: %r", loop_task.get_name(), loop_task.exception())
+                    self.fatal = self.fatal or f"spore loop {loop_task.get_name()} died: {loop_task.exception()!r}"
             stopper.cancel()
         finally:
-            await self._shutdown(pubsub)
+            await self._shutdown(worker, first_pubsub[0] if first_pubsub else None)
+        if self.fatal:
+            self.log.error("spore %s stopped on a fatal condition: %s", self.node_name, self.fatal)
+            raise FatalCondition(self.fatal)
 
-    async def _shutdown(self, pubsub: Any) -> None:
-        self.worker.allow_pick_jobs = False
+    async def _keep(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+        """Run one of the spore's loops until the spore stops: a loop that fails is started again, after Redis
+        answers again when the failure was an outage (a lost connection is never taken as a stop). Running
+        tasks are not touched meanwhile. Ends only on a named fatal condition (then the spore stops)."""
+        backoff = self.link.backoff()
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                await body()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if is_outage(exc):
+                    self.link.lost(exc, name)
+                else:
+                    self.log.error("spore loop %s failed (%r); starting it again", name, exc, exc_info=exc)
+            if time.monotonic() - started > 30:
+                backoff.reset()
+            await asyncio.sleep(backoff.next_delay())
+            if not await self._await_redis(name):
+                return
+
+    async def _await_redis(self, where: str) -> bool:
+        """Ping until Redis answers (``True``), or until a fatal condition holds (``False``, the spore stops)."""
+        backoff = self.link.backoff()
+        while not self._stop.is_set():
+            try:
+                await self.broker.redis.ping()
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                self.link.lost(exc, where)
+                reason = self.link.fatal_reason()
+                if reason is not None:
+                    self.fatal = reason
+                    self.request_stop()
+                    return False
+                await asyncio.sleep(backoff.next_delay())
+            else:
+                self.link.back()
+                return True
+        return False
+
+    async def _shutdown(self, worker: Worker, pubsub: Any | None) -> None:
+        worker.pause()
         poll = self._loops[0]
         poll.cancel()
-        running = [t for t in self.worker.tasks.values() if not t.done()]
+        running = [t for t in worker.in_flight() if not t.done()]
         if running:
             self.log.info(
                 "stopping: waiting up to %ss for %d running task(s)", self.config.shutdown_grace, len(running)
@@ -313,169 +279,105 @@ class Spore:
         for loop_task in self._loops:
             loop_task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+        await self._leave_cluster()
         with contextlib.suppress(Exception):
-            await pubsub.aclose()
-        with contextlib.suppress(Exception):
+            await worker.close()
+        await self.broker.disconnect()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.processes.close()
+        self.log.info("spore %s stopped", self.node_name)
+
+    async def _leave_cluster(self) -> None:
+        """Remove this spore from the cluster view (else its entries linger until the nexus prunes them)."""
+
+        async def leave() -> None:
             async with self.broker.redis.pipeline(transaction=True) as pipe:
                 pipe.delete(self.kernel.keys.node(self.node_id))
                 pipe.srem(self.kernel.keys.nodes, self.node_id)
                 pipe.hdel(self.kernel.keys.node_infos, self.node_id)
                 await pipe.execute()
-        close = getattr(self.worker, "close", None)
-        if close is not None:
-            with contextlib.suppress(Exception):
-                await close()
-        await self.broker.disconnect()
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        self.log.info("spore %s stopped", self.node_name)
+
+        await try_twice(leave, f"take spore {self.node_name} out of the cluster view", self.log)
 
     async def _claim_node_id(self) -> None:
-        """Two unnamed live spores must not share an id: if another process beats under ours, add our pid.
-
-        A spore given ``--name`` keeps it (a restart after a crash takes its old place).
-        """
-        if self._named:
-            return
-        raw = await self.broker.redis.get(self.kernel.keys.node(self.node_id))
-        if raw is None:
-            return
-        try:
-            other = wire.loads(raw, NodeInfo)
-        except WireError:
-            return
-        if (other.host, other.pid) != (socket.gethostname(), os.getpid()):
-            self.log.warning("node id %s is in use by pid %s on %s; using %s-%s", self.node_id, other.pid,
-                             other.host, self.node_id, os.getpid())
-            self.node_id = self.node_name = f"{self.node_id}-{os.getpid()}"
+        """One live process per node id. The first heartbeat is written only if no other process beats under
+        the id (``SET NX``). An unnamed spore that finds its id taken adds its pid; a named one (``--name``)
+        waits out the other heartbeat (a crashed predecessor's lapses within three intervals, and one on this
+        host whose pid is gone is taken over at once), then refuses to start while another process still beats
+        under the id: two spores under one id would both take its pinned tasks."""
+        ttl = max(self.config.heartbeat_interval * 3, 1.0)
+        deadline = time.monotonic() + ttl + self.config.heartbeat_interval
+        host, pid = socket.gethostname(), os.getpid()
+        while True:
+            raise_if_cancelling()
+            key = self.kernel.keys.node(self.node_id)
+            if await self.broker.redis.set(key, wire.dumps(self.node_info()), nx=True, px=int(ttl * 1000)):
+                return
+            raw = await self.broker.redis.get(key)
+            try:
+                other = wire.loads(raw, NodeInfo) if raw is not None else None
+            except WireError:
+                other = None
+            if other is None or (other.host, other.pid) == (host, pid):
+                return
+            if other.host == host and not psutil.pid_exists(other.pid):
+                self.log.warning("node id %s was held by pid %s, which is gone; taking it over", self.node_id,
+                                 other.pid)
+                return
+            if not self._named:
+                self.log.warning("node id %s is in use by pid %s on %s; using %s-%s", self.node_id, other.pid,
+                                 other.host, self.node_id, pid)
+                self.node_id = self.node_name = f"{self.node_id}-{pid}"
+                continue
+            if time.monotonic() > deadline:
+                raise FatalCondition(
+                    f"node id {self.node_id!r} is in use by a live spore (pid {other.pid} on {other.host}); "
+                    "refusing to run a second one under it"
+                )
+            await asyncio.sleep(min(self.config.heartbeat_interval / 2, 1.0))
 
     # --- running one task ------------------------------------------------------------------------------
 
-    async def run_task_job(self, ctx: dict[str, Any], task_id: str) -> None:
-        """The ARQ job function: run the task, and turn a retry into ARQ's ``Retry``."""
-        retry_in = await self.run_task(task_id, str(ctx.get("job_id", task_id)))
-        if retry_in is not None:
-            raise Retry(defer=retry_in)
+    async def _execute(self, message: TaskMessage) -> Any:
+        """Run the task, logging one line when it is received and one when it is finished (at INFO)."""
+        if not (self.config.log_tasks or task_log.isEnabledFor(logging.DEBUG)):
+            return await self._run_task(message)
+        fields = {"task_type": message.task_type, "task_id": message.task_id, "node": self.node_name,
+                  "attempt": message.attempt}
+        task_log.info("task received %s %s on %s, attempt %d", message.task_type, message.task_id,
+                      self.node_name, message.attempt, extra=fields)
+        started = time.perf_counter()
+        outcome = "failed"
+        try:
+            result = await self._run_task(message)
+            outcome = "completed"
+            return result
+        except asyncio.CancelledError:
+            outcome = "cancelled (timeout or stop)"
+            raise
+        except Exception as exc:
+            outcome = f"failed: {type(exc).__name__}: {exc}"
+            raise
+        finally:
+            duration = time.perf_counter() - started
+            task_log.info("task finished %s %s on %s, attempt %d, %.3fs, %s", message.task_type, message.task_id,
+                          self.node_name, message.attempt, duration, outcome,
+                          extra={**fields, "duration_s": round(duration, 6), "outcome": outcome.split(":")[0]})
 
-    def begin_attempt(self, message: TaskMessage | None, engine_job_id: str) -> str:
-        """Decide what to do with a task a spore just took, and mark the attempt on ``message``.
-
-        ``"skip"``: nothing to run (no record, already final, waiting, or moved to another engine job).
-        ``"exhausted"``: out of attempts (its spores kept dying); ``message`` is now failed.
-        ``"run"``: ``message`` is now running here with ``attempt`` counted; save it, then run it.
-        """
-        if message is None:
-            return "skip"
-        if message.is_terminal or engine_job_id != message.engine_job_id or message.status == TaskStatus.WAITING:
-            return "skip"
-        message.attempt += 1
-        if message.attempt > message.max_retries + 1:
-            message.status = TaskStatus.FAILED
-            message.completed_at = utcnow()
-            lost = message.error or "the spore running it was lost"
-            message.error = f"{lost} (gave up after {message.attempt - 1} attempts)"
-            return "exhausted"
-        message.status = TaskStatus.RUNNING
-        message.started_at = utcnow()
-        message.completed_at = None
-        message.assigned_node = self.node_id
-        return "run"
-
-    async def run_task(
-        self,
-        task_id: str,
-        engine_job_id: str,
-        *,
-        message: TaskMessage | None = None,
-        ack: Any = None,
-        started: bool = False,
-    ) -> float | None:
-        """Run one attempt of a task and record its outcome; the engine-neutral heart of a spore.
-
-        Returns the delay before the next attempt when it failed and may retry, else ``None``. A task
-        cancelled, finished or moved to another engine job meanwhile is skipped. ``ack`` is passed to the
-        broker's saves so an engine can settle its job in the same round trip. ``started`` means the engine
-        already did :meth:`begin_attempt` and saved the running state (batched for many tasks). On
-        cancellation (shutdown) the task is handed back untouched and ``CancelledError`` propagates.
-        """
-        broker = self.broker
-        if not started:
-            if message is None:
-                message = await broker.get_task_status(task_id)
-            previous = message.status if message is not None else None
-            decision = self.begin_attempt(message, engine_job_id)
-            if decision == "skip" or message is None:
-                if message is None:
-                    self.log.warning("task %s has no record (expired or deleted); dropping its job", task_id)
-                await broker.settle(ack)
-                return None
-            if decision == "exhausted":
-                await broker.save_unless_cancelled(message, previous=previous, ack=ack)
-                return None
-            if not await broker.save_unless_cancelled(message, previous=previous):
-                await broker.settle(ack)
-                return None
-        assert message is not None
+    async def _run_task(self, message: TaskMessage) -> Any:
+        """Run the task here, or each payload of a chunked task in turn (one item failing does not stop the rest)."""
         context = TaskContext(
             task=message,
             node_id=self.node_id,
             node_name=self.node_name,
             kernel=self.kernel,
-            redis=broker.redis,
+            redis=self.broker.redis,
             logger=self.log,
             spore=self,
         )
-        retriable = True
-        try:
-            async with asyncio.timeout(message.timeout) as deadline:
-                result = await self._execute(message, context)
-            wire.json_size(result)
-        except asyncio.CancelledError:
-            # Shutdown: hand the task back untouched so another spore (or this one, later) runs it.
-            message.status = TaskStatus.PENDING
-            message.attempt -= 1
-            message.started_at = None
-            message.assigned_node = None
-            await asyncio.shield(broker.save_unless_cancelled(message, previous=TaskStatus.RUNNING, ack=ack))
-            raise
-        except TimeoutError:
-            if not deadline.expired():
-                error = "TimeoutError raised by the task"
-            else:
-                error = f"TaskTimeout: task ran past its timeout of {message.timeout:g}s"
-        except UnknownTaskType as exc:
-            retriable = False
-            error = f"UnknownTaskType: spore {self.node_name} cannot run it: {exc}"
-        except WireError as exc:
-            retriable = False
-            error = f"BadResult: the task's result is not JSON data ({exc})"
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-        else:
-            message.status = TaskStatus.COMPLETED
-            message.result = result
-            message.error = None
-            message.completed_at = utcnow()
-            if not await broker.save_unless_cancelled(message, previous=TaskStatus.RUNNING, ack=ack):
-                await broker.settle(ack)
-            return None
-        message.error = error
-        if retriable and message.attempt <= message.max_retries:
-            delay = retry_delay(self.config, message.attempt)
-            message.status = TaskStatus.RETRYING
-            if not await broker.save_unless_cancelled(message, previous=TaskStatus.RUNNING, ack=ack):
-                await broker.settle(ack)
-                return None
-            self.log.info("task %s attempt %d failed (%s); retrying in %.2fs", task_id, message.attempt, error, delay)
-            return delay
-        message.status = TaskStatus.FAILED
-        message.completed_at = utcnow()
-        if not await broker.save_unless_cancelled(message, previous=TaskStatus.RUNNING, ack=ack):
-            await broker.settle(ack)
-        self.log.warning("task %s failed after %d attempt(s): %s", task_id, message.attempt, error)
-        return None
-
-    async def _execute(self, message: TaskMessage, context: TaskContext) -> Any:
-        """Run the task, or each payload of a chunked task in turn (one item failing does not stop the rest)."""
         if message.chunk is None:
             return await self.kernel.execute(message, context)
         outcomes: list[dict[str, Any]] = []
@@ -516,6 +418,7 @@ class Spore:
             paused=self.paused,
             capabilities=capabilities,
             task_types=sorted(self.kernel.task_types),
+            task_options={name: advertised_options(t) for name, t in self.kernel.task_types.items()},
             plugins=self.kernel.plugin_names(),
             hive_version=__version__,
             code_version=self.config.code_version,
@@ -531,44 +434,86 @@ class Spore:
             await pipe.execute()
 
     async def _heartbeat_loop(self) -> None:
+        """Beat every interval; while Redis is away, try at the interval (each failure is the same outage), and
+        the first beat after it re-registers the node (Redis may have come back without it)."""
         while True:
+            raise_if_cancelling()
             await asyncio.sleep(self.config.heartbeat_interval)
             try:
                 await self._beat()
             except Exception as exc:
-                self.log.warning("heartbeat failed: %s", exc)
+                if not is_outage(exc):
+                    self.log.warning("heartbeat failed: %s", exc)
+                    continue
+                self.link.lost(exc, "heartbeat")
+                reason = self.link.fatal_reason()
+                if reason is not None:
+                    self.fatal = reason
+                    self.request_stop()
+                    return
+            else:
+                self.link.back()
 
     async def _lease_loop(self) -> None:
         while True:
+            raise_if_cancelling()
             await asyncio.sleep(self.config.lease_seconds / 3)
             try:
-                await self.worker.refresh_leases()
+                if self.worker is not None:
+                    await self.worker.refresh_leases()
             except Exception as exc:
-                self.log.warning("lease refresh failed: %s", exc)
+                if is_outage(exc):
+                    self.link.lost(exc, "lease")
+                else:
+                    self.log.warning("lease refresh failed: %s", exc)
 
-    async def _listen(self, pubsub: Any) -> None:
-        async for raw in pubsub.listen():
-            if raw.get("type") != "message":
-                continue
-            try:
-                message = wire.loads(raw["data"], BroadcastMessage)
-            except WireError as exc:
-                self.log.warning("ignoring a malformed broadcast: %s", exc)
-                continue
-            if message.target_nodes and not {self.node_id, self.node_name} & set(message.target_nodes):
-                continue
-            details = await self.kernel.broadcast(message, self)
-            if message.message_id:
-                with contextlib.suppress(Exception):
-                    await self.broker.send_reply(
-                        BroadcastReply(
-                            message_id=message.message_id,
-                            node_id=self.node_id,
-                            node_name=self.node_name,
-                            command=message.command,
-                            detail="; ".join(details),
-                        )
+    async def _listen(self, pubsub: Any | None) -> None:
+        """Obey broadcasts. Reads with a timeout (never a socket read without one), so a dead connection
+        surfaces as an error; the loop is then started again with a fresh subscription."""
+        if pubsub is None:
+            pubsub = await self.broker.subscribe_broadcast()
+        try:
+            # Until the spore stops (not ``while True``: a broadcast handler that stops the spore, as an OTA
+            # rollback does, runs inside this loop, and a cancellation swallowed there must not keep it alive).
+            while not self._stop.is_set():
+                raise_if_cancelling()
+                raw = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if raw is None or raw.get("type") != "message":
+                    continue
+                await self._obey(raw["data"])
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    async def _obey(self, data: Any) -> None:
+        """Run one broadcast (a malformed one is logged and skipped) and reply to it."""
+        try:
+            message = wire.loads(data, BroadcastMessage)
+        except WireError as exc:
+            channel = self.kernel.keys.broadcast_channel
+            await quarantine(self.broker.redis, self.kernel.keys, f"{channel} {digest(data)}", data, str(exc))
+            return
+        if message.target_nodes and not {self.node_id, self.node_name} & set(message.target_nodes):
+            return
+        details = await self.kernel.broadcast(message, self)
+        if message.message_id:
+            # No plugin answered: nobody here knows the command (a typo, or a plugin this spore lacks).
+            known = bool(details)
+            detail = "; ".join(details) if known else (
+                f"unknown command {message.command!r}: no plugin on this spore handles it "
+                "(built in: PING, PAUSE, RESUME, SHUTDOWN)"
+            )
+            with contextlib.suppress(Exception):
+                await self.broker.send_reply(
+                    BroadcastReply(
+                        message_id=message.message_id,
+                        node_id=self.node_id,
+                        node_name=self.node_name,
+                        command=message.command,
+                        ok=known and not any(d.startswith(REFUSALS) for d in details),
+                        detail=detail,
                     )
-            if self.paused is False and self.worker is not None:
-                self.worker._wake.set()
-            await self._beat()
+                )
+        if self.paused is False and self.worker is not None:
+            self.worker.wake()
+        await self._beat()

@@ -6,18 +6,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import attrs
-from arq.constants import in_progress_key_prefix, job_key_prefix
 
 from hive_framework import HiveConfig, TaskStatus, wire
+from hive_framework.engines.arq import ArqEngine, ArqKeys
 from hive_framework.hive import Hive
 from hive_framework.models import NodeInfo, utcnow
 from hive_framework.testing import delete_namespace, fast_config
 
 
 async def beat(hive: Hive, node_id: str, *, online: bool = True, **capabilities: Any) -> None:
-    """A heartbeat as a spore writes it (``online``), or only the last-known record of a crashed spore."""
+    """A heartbeat as a spore writes it (``online``), or only the last-known record of a crashed spore; the
+    node serves every task type the test's kernel knows."""
     data = wire.dumps(NodeInfo(node_id=node_id, node_name=node_id, host="h", pid=1, concurrency=4,
-                               capabilities=capabilities))
+                               capabilities=capabilities, task_types=sorted(hive.kernel.task_types)))
     redis = hive.broker.redis
     if online:
         await redis.psetex(hive.broker.keys.node(node_id), 60_000, data)
@@ -45,7 +46,7 @@ async def make_zombies(hive: Hive, count: int, node: str = "ghost") -> list[str]
     for task_id in ids:
         message = await hive.status(task_id)
         assert message is not None
-        await hive.broker.redis.psetex(in_progress_key_prefix + message.engine_job_id, 60_000, b"1")
+        await hive.broker.redis.psetex(arq_keys(hive).in_progress(message.engine_job_id), 60_000, b"1")
         message.status = TaskStatus.RUNNING
         message.attempt = 1
         message.assigned_node = node
@@ -59,10 +60,17 @@ async def drop_jobs(hive: Hive, ids: list[str]) -> None:
     for message in await hive.broker.get_tasks(ids):
         if message is not None:
             job = message.engine_job_id
-            await hive.broker.redis.delete(in_progress_key_prefix + job, job_key_prefix + job)
+            await hive.broker.redis.delete(arq_keys(hive).in_progress(job), arq_keys(hive).job(job))
 
 
 #: These tests write ARQ's job keys (leases) by hand: they run on the ARQ broker, whatever HIVE_TEST_BROKER says.
+def arq_keys(hive: Hive) -> ArqKeys:
+    """Where the arq engine of ``hive`` keeps ARQ's job keys (under the hive's prefix)."""
+    engine = hive.broker.engine
+    assert isinstance(engine, ArqEngine), "this test writes the arq engine's keys by hand"
+    return engine.arq_keys
+
+
 ARQ_BROKER: dict[str, Any] = {"broker": "arq"} if "broker" in attrs.fields_dict(HiveConfig) else {}
 
 

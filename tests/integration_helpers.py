@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 from hive_framework import HiveConfig, TaskMessage, TaskStatus
 from hive_framework.hive import Hive
-from hive_framework.testing import SporeProcess, async_wait_until
+from hive_framework.testing import SporeProcess, async_wait_until, child_env, hive_argv
 
 #: The app module with the task types the integration tests run (echo, flaky, gated, nap...).
 BASIC = "tests.apps.basic"
@@ -60,6 +58,21 @@ async def wait_running(hive: Hive, task_id: str, node: str, timeout: float = 20.
     return await async_wait_until(running, timeout=timeout, what=f"task {task_id} to run on {node}")
 
 
+async def wait_nap_started(hive: Hive, task_id: str, node: str, timeout: float = 20.0) -> TaskMessage:
+    """Until the ``nap`` task ``task_id`` runs on ``node`` and its handler has counted its start.
+
+    "Running" is saved before the handler is called: a spore killed in between leaves the next run to be the
+    first start (the long one, with ``first_only``)."""
+    message = await wait_running(hive, task_id, node, timeout)
+    starts = f"{hive.config.key_prefix}:test:starts:{task_id}"
+
+    async def started() -> bool:
+        return bool(await hive.broker.redis.get(starts))
+
+    await async_wait_until(started, timeout=timeout, what=f"task {task_id}'s handler to start on {node}")
+    return message
+
+
 async def wait_exit(proc: SporeProcess, timeout: float = 20.0) -> int:
     """Until the spore process has exited; returns its exit code."""
 
@@ -84,18 +97,14 @@ async def assert_stays(predicate: Callable[[], Awaitable[bool]], seconds: float,
 
 def cli_env(config: HiveConfig, apps: tuple[str, ...] = (BASIC,)) -> dict[str, str]:
     """Environment for a ``hive`` subprocess in ``config``'s namespace (nothing inherited from HIVE_*/REDIS_*)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HIVE_", "REDIS_"))}
-    env.update(config.to_env())
-    env["HIVE_APP"] = ",".join(apps)
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    return env
+    return child_env(config, {"HIVE_APP": ",".join(apps), "PYTHONPATH": str(REPO_ROOT)})
 
 
 async def hive_cli(config: HiveConfig, *args: str) -> subprocess.CompletedProcess[str]:
     """Run ``python -m hive_framework ARGS`` as a separate client process (off the event loop)."""
     return await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "hive_framework", "--log-level", "warning", *args],
+        hive_argv(*args, log_level="warning"),
         env=cli_env(config),
         cwd=REPO_ROOT,
         capture_output=True,

@@ -138,7 +138,8 @@ def snapshot(config: HiveConfig) -> tuple[Any, ...]:
     try:
         keys = sorted(client.scan_iter(match=f"{config.key_prefix}:*", count=1000))
         depth = {b"zset": client.zcard, b"stream": client.xlen, b"none": lambda _key: 0}
-        queues = (config.high_priority_queue, config.background_queue)
+        queues = [f"{q}:type:{t}" for q in (config.high_priority_queue, config.background_queue)
+                  for t in ("echo", "no_such_type")]
         return keys, *(depth[client.type(q)](q) for q in queues)
     finally:
         client.close()
@@ -233,3 +234,21 @@ def test_real_process_prints_one_line_and_no_traceback(args: list[str], env: dic
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0], proc.stderr
     assert proc.stdout == ""
+
+
+def test_deeply_nested_payload_is_one_line() -> None:
+    # Given a payload nested deeper than Python's JSON reader can go
+    deep = '{"a":' * 100_000 + "1" + "}" * 100_000
+    result = hive("submit", "echo", "--payload", deep, env={"REDIS_URL": UNREACHABLE})
+    # Then one line says so (no RecursionError traceback)
+    assert_one_line_error(result, "--payload", "nested too deeply")
+
+
+@pytest.mark.parametrize("source", ["[" * 100_000 + "]" * 100_000, "1\n" + "[" * 100_000 + "]" * 100_000])
+def test_deeply_nested_map_input_is_one_line(tmp_path: Path, source: str) -> None:
+    # Given map input (an array, or one item per line) nested too deeply to read
+    path = tmp_path / "items.json"
+    path.write_text(source)
+    result = hive("map", "echo", str(path), env={"REDIS_URL": UNREACHABLE})
+    # Then one line says so
+    assert_one_line_error(result, "nested too deeply")

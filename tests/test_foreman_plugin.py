@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from hive_framework import HiveConfig, Kernel, wire
+from hive_framework import HiveConfig, Kernel, MessageBroker, wire
+from hive_framework.errors import EXIT_CONFIG
 from hive_framework.models import NodeInfo
 
 from .foreman_helpers import isolated_namespace
@@ -38,12 +39,11 @@ def hive_config(hive_redis_url: str) -> Iterator[HiveConfig]:
 #: Routes one task needing the "ml" tag, with the strategy HIVE_BALANCER names, and prints what happened.
 ROUTE_SCRIPT = """
 import asyncio, json
-from hive_framework import Kernel
-from hive_framework.default_plugins.foreman import ForemanAgent
+from hive_framework import ForemanAgent, Kernel, MessageBroker
 
 async def main():
     kernel = Kernel()
-    async with kernel.create_broker() as broker:
+    async with MessageBroker(kernel) as broker:
         foreman = ForemanAgent(broker)
         await foreman.refresh()
         best = foreman.select_best_node({"tags": ["ml"]})
@@ -94,18 +94,18 @@ async def run(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[st
 
 
 async def write_heartbeats(config: HiveConfig) -> None:
-    """Four spores in Redis: two tagged ml (the idle one sorts first), one untagged, one paused (sorts last)."""
-    broker = Kernel(config).create_broker()
+    """Four spores serving ``echo`` in Redis: two tagged ml (the idle one sorts first), one untagged, one paused."""
+    broker = MessageBroker(Kernel(config))
     await broker.connect()
     try:
         for info in (
-            NodeInfo(node_id="node-a", node_name="node-a", host="h", pid=1, concurrency=4,
+            NodeInfo(node_id="node-a", node_name="node-a", task_types=["echo"], host="h", pid=1, concurrency=4,
                      capabilities={"tags": ["ml"]}),
-            NodeInfo(node_id="node-m", node_name="node-m", host="h", pid=2, concurrency=4, active_tasks=4,
-                     cpu_usage=95.0, memory_usage=90.0, capabilities={"tags": ["ml"]}),
-            NodeInfo(node_id="node-x", node_name="node-x", host="h", pid=3, concurrency=4),
-            NodeInfo(node_id="node-z", node_name="node-z", host="h", pid=4, concurrency=4, paused=True,
-                     capabilities={"tags": ["ml"]}),
+            NodeInfo(node_id="node-m", node_name="node-m", task_types=["echo"], host="h", pid=2, concurrency=4,
+                     active_tasks=4, cpu_usage=95.0, memory_usage=90.0, capabilities={"tags": ["ml"]}),
+            NodeInfo(node_id="node-x", node_name="node-x", task_types=["echo"], host="h", pid=3, concurrency=4),
+            NodeInfo(node_id="node-z", node_name="node-z", task_types=["echo"], host="h", pid=4, concurrency=4,
+                     paused=True, capabilities={"tags": ["ml"]}),
         ):
             data = wire.dumps(info)
             await broker.redis.psetex(broker.keys.node(info.node_id), 60_000, data)
@@ -172,7 +172,7 @@ async def test_an_unknown_balancer_stops_the_cli_with_one_line_listing_the_strat
     # When a hive command starts
     proc = await run(env, "-m", "hive_framework", *command)
     # Then it exits non-zero with one line naming the bad value and every installed strategy, plugin's included
-    assert proc.returncode == 1
+    assert proc.returncode == EXIT_CONFIG  # a plugin setting that cannot load
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr

@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hive_framework import HiveConfig, Kernel, hookimpl, wire
-from hive_framework.default_plugins.foreman import ForemanAgent, load_score, node_meets
+from hive_framework import ForemanAgent, HiveConfig, Kernel, MessageBroker, hookimpl, wire
 from hive_framework.errors import PluginError
 from hive_framework.models import NodeInfo, TaskMessage
 from hive_framework.plugins import make_plugin_manager
+from hive_framework.policies import load_score, node_meets
 
 from .foreman_helpers import isolated_namespace
 
@@ -258,7 +258,7 @@ SNAPSHOT = [
 
 async def foreman_with_snapshot(hive_config: HiveConfig, balancer: str) -> ForemanAgent:
     kernel = Kernel(hive_config.evolve(balancer=balancer))
-    broker = kernel.create_broker()
+    broker = MessageBroker(kernel)
     await broker.connect()
     for info in SNAPSHOT:
         await write_heartbeat(broker, info)
@@ -322,7 +322,7 @@ async def test_cluster_status_counts_online_and_offline_nodes(hive_config) -> No
 @pytest.mark.redis
 async def test_foreman_agent_takes_the_seeds_constructor_forms(hive_config) -> None:
     kernel = Kernel(hive_config)
-    broker = kernel.create_broker()
+    broker = MessageBroker(kernel)
     node_manager = object()
     # Given ForemanAgent(message_broker) and ForemanAgent(kernel, message_broker, node_manager)
     one = ForemanAgent(broker)

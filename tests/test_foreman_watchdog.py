@@ -9,15 +9,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from arq.constants import in_progress_key_prefix, job_key_prefix
 
-from hive_framework import HiveConfig, Kernel, TaskMessage, TaskStatus
-from hive_framework.default_plugins.foreman import ForemanAgent
+from hive_framework import ForemanAgent, HiveConfig, Kernel, TaskMessage, TaskStatus
 from hive_framework.hive import Hive
 from hive_framework.nexus import Watchdog
 from hive_framework.testing import async_wait_until
 
-from .foreman_helpers import beat, drop_jobs, isolated_namespace, make_zombies, stop_cleanly
+from .foreman_helpers import arq_keys, beat, drop_jobs, isolated_namespace, make_zombies, stop_cleanly
 from .integration_helpers import BASIC, assert_stays, open_gate, wait_for_nodes
 
 pytestmark = pytest.mark.redis
@@ -49,9 +47,10 @@ async def test_concurrent_requeues_of_one_zombie_change_it_exactly_once(hive: Hi
         after = await hive.status(task_id)
         assert after.status == TaskStatus.PENDING and after.engine_job_id != old_job
         assert after.attempt == 1 and after.error == "zombie: test"
-        assert not await hive.broker.redis.exists(in_progress_key_prefix + old_job, job_key_prefix + old_job)
-        assert await hive.broker.redis.zscore(hive.config.background_queue, after.engine_job_id) is not None
-        assert await hive.broker.redis.zscore(hive.config.background_queue, old_job) is None
+        assert not await hive.broker.redis.exists(arq_keys(hive).in_progress(old_job), arq_keys(hive).job(old_job))
+        shared = hive.broker.engine.queue_for(0, None, "nap")
+        assert await hive.broker.redis.zscore(shared, after.engine_job_id) is not None
+        assert await hive.broker.redis.zscore(shared, old_job) is None
         # and it is no zombie any more
         assert await hive.broker.detect_zombie_tasks() == []
     finally:
@@ -227,7 +226,7 @@ async def test_assign_task_moves_a_queued_task_to_the_chosen_node_and_only_it_ru
     assert (moved.status, moved.assigned_node) == (TaskStatus.PENDING, "special")
     assert moved.queue == hive.broker.keys.node_queue("special")
     assert moved.requirements == {"tags": ["special"]}
-    assert await hive.broker.redis.zscore(hive.config.background_queue, moved.engine_job_id) is None
+    assert await hive.broker.redis.zscore(hive.broker.engine.queue_for(0, None, "echo"), moved.engine_job_id) is None
     # and when the other spore frees its slot first, it does not take the task
     await open_gate(hive, gate_of["plain"])
     plain_task = next(m.task_id for m in await hive.broker.get_tasks(gated) if m.assigned_node == "plain")
@@ -253,7 +252,8 @@ async def test_assign_task_with_no_fitting_node_leaves_the_task_alone(hive: Hive
     # When Foreman is asked to assign it to a GPU node, Then it answers None and the task stays queued
     assert await foreman.assign_task(task_id, {"gpu": True}) is None
     left = await hive.status(task_id)
-    assert (left.status, left.queue, left.assigned_node) == (TaskStatus.PENDING, hive.config.background_queue, None)
+    shared = hive.broker.engine.queue_for(0, None, "echo")
+    assert (left.status, left.queue, left.assigned_node) == (TaskStatus.PENDING, shared, None)
     await hive.cancel(task_id)
 
 
@@ -262,12 +262,12 @@ async def test_assign_task_refuses_a_task_a_spore_has_already_taken(hive: Hive) 
     await beat(hive, "other")
     task_id = await hive.submit("echo", {})
     message: TaskMessage = await hive.status(task_id)
-    await hive.broker.redis.psetex(in_progress_key_prefix + message.engine_job_id, 10_000, b"1")
+    await hive.broker.redis.psetex(arq_keys(hive).in_progress(message.engine_job_id), 10_000, b"1")
     try:
         # When Foreman tries to move it, Then it is refused and the task stays where it was taken from
         assert await ForemanAgent(hive.broker).assign_task(task_id) is None
         left = await hive.status(task_id)
-        assert (left.queue, left.assigned_node) == (hive.config.background_queue, None)
+        assert (left.queue, left.assigned_node) == (hive.broker.engine.queue_for(0, None, "echo"), None)
     finally:
-        await hive.broker.redis.delete(in_progress_key_prefix + message.engine_job_id)
+        await hive.broker.redis.delete(arq_keys(hive).in_progress(message.engine_job_id))
         await hive.cancel(task_id)

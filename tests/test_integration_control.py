@@ -89,25 +89,27 @@ async def test_broadcast_to_one_target_reaches_only_that_spore(hive, spore_proce
     assert done.result["node"] == "only-a"
 
 
-async def test_spore_without_a_task_type_fails_that_task_clearly_and_keeps_serving(hive, spore_processes, tmp_path):
+async def test_a_spore_never_takes_a_type_it_lacks_and_the_task_waits_for_one_that_serves_it(
+    hive, spore_processes, tmp_path
+):
     # Given a spore that loads only the demo tasks, and a client that knows (and accepts) the test types
     narrow = spore_processes("narrow", apps=("hive_framework.demo_tasks",), concurrency=1)
     await wait_for_nodes(hive, ["narrow"])
 
-    # When it is sent a task type it does not have
+    # When it is sent a task type it does not have, and then one it knows
     task_id = await hive.submit("echo", {"x": 1})
-    done = await hive.wait(task_id, timeout=15)
-
-    # Then that task fails at once, not retried, with an error naming the spore, the type and what it knows
-    assert done.status == TaskStatus.FAILED
-    assert done.attempt == 1
-    assert done.error is not None
-    assert done.error.startswith("UnknownTaskType: spore narrow cannot run it: unknown task type 'echo'")
-    assert "demo.wordcount" in done.error
-    # and the spore is still running and serves a task it knows
     text = tmp_path / "words.txt"
     text.write_text("alpha beta gamma\nalpha beta\n")
     counted = await hive.wait(await hive.submit("demo.wordcount", {"path": str(text)}), timeout=15)
+
+    # Then the spore serves the type it knows and leaves the other alone: queued, with the reason it waits
     assert counted.status == TaskStatus.COMPLETED
     assert (counted.result["words"], counted.result["node"]) == (5, "narrow")
+    waiting = await hive.status(task_id)
+    assert (waiting.status, waiting.attempt) == (TaskStatus.PENDING, 0)
+    assert waiting.reason == "no online spore serves `echo`"
+    # and when a spore serving it joins, it runs there, once
+    spore_processes("wide", apps=(BASIC,), concurrency=1)
+    done = await hive.wait(task_id, timeout=30)
+    assert (done.status, done.attempt, done.assigned_node, done.reason) == (TaskStatus.COMPLETED, 1, "wide", None)
     assert narrow.proc.poll() is None

@@ -8,8 +8,7 @@ import random
 
 import pytest
 
-from hive_framework import Kernel, TaskStatus
-from hive_framework.default_plugins.broker import TaskSpec
+from hive_framework import Kernel, TaskSpec, TaskStatus
 
 from .integration_helpers import BASIC, open_gate, order_list, wait_for_nodes, wait_for_order_length
 

@@ -11,7 +11,7 @@ import pytest
 from hive_framework import Kernel, TaskStatus
 from hive_framework.testing import async_wait_until
 
-from .integration_helpers import BASIC, wait_exit, wait_for_nodes, wait_running
+from .integration_helpers import BASIC, wait_exit, wait_for_nodes, wait_nap_started, wait_running
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -27,7 +27,7 @@ async def test_task_of_a_killed_spore_runs_again_and_completes_on_another(hive, 
     victim = spore_processes("victim", apps=(BASIC,), concurrency=1)
     await wait_for_nodes(hive, ["victim"])
     task_id = await hive.submit("nap", {"seconds": 60, "first_only": True})
-    await wait_running(hive, task_id, "victim")
+    await wait_nap_started(hive, task_id, "victim")
     # and a second, idle spore that must leave the leased job alone while its owner lives
     rescuer = spore_processes("rescuer", apps=(BASIC,), concurrency=1)
     await wait_for_nodes(hive, ["victim", "rescuer"])
@@ -74,7 +74,7 @@ async def test_sigterm_hands_a_task_outlasting_the_grace_period_back_to_another_
     leaving = spore_processes("leaving", apps=(BASIC,), concurrency=1, extra_env={"HIVE_SHUTDOWN_GRACE": "0.5"})
     await wait_for_nodes(hive, ["leaving"])
     task_id = await hive.submit("nap", {"seconds": 60, "first_only": True})
-    await wait_running(hive, task_id, "leaving")
+    await wait_nap_started(hive, task_id, "leaving")
     # and a second, idle spore
     staying = spore_processes("staying", apps=(BASIC,), concurrency=1)
     await wait_for_nodes(hive, ["leaving", "staying"])
@@ -99,7 +99,7 @@ async def test_zombie_of_a_dead_node_is_detected_and_retried_under_a_fresh_engin
     doomed = spore_processes("doomed", apps=(BASIC,), concurrency=1)
     await wait_for_nodes(hive, ["doomed"])
     task_id = await hive.submit("nap", {"seconds": 60, "first_only": True})
-    running = await wait_running(hive, task_id, "doomed")
+    running = await wait_nap_started(hive, task_id, "doomed")
     assert await hive.broker.detect_zombie_tasks() == []  # its node is alive
 
     # When the spore dies without a word
@@ -117,7 +117,7 @@ async def test_zombie_of_a_dead_node_is_detected_and_retried_under_a_fresh_engin
     assert (retried.status, retried.attempt, retried.assigned_node) == (TaskStatus.PENDING, 0, None)
     assert retried.engine_job_id != running.engine_job_id
     assert retried.engine_job_id.startswith(f"{task_id}.r")
-    queued = {job for job, _ in await hive.broker.queued_jobs(retried.queue)}
+    queued = {job for job, _ in await hive.broker.engine.queued_jobs(retried.queue)}
     assert retried.engine_job_id in queued
     if hive.config.broker == "arq":
         assert running.engine_job_id not in queued

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from hive_framework import InvalidTask, Kernel, TaskStatus, UnknownTaskType
-from hive_framework.default_plugins.broker import TaskSpec
+from hive_framework import InvalidTask, Kernel, TaskSpec, TaskStatus, UnknownTaskType
 from hive_framework.hive import Hive
 from hive_framework.testing import async_wait_until
 
@@ -36,7 +35,7 @@ async def snapshot(hive: Hive) -> dict[str, Any]:
         size = {"zset": redis.zcard, "list": redis.llen, "set": redis.scard, "string": redis.strlen,
                 "stream": redis.xlen, "hash": redis.hlen}[kind]
         sizes[key.decode()] = (kind, await size(key))
-    queues = {q: await hive.broker.queued_jobs(q) for q in hive.kernel.keys.queues}
+    queues = {q: await hive.broker.engine.queued_jobs(q) for q in hive.broker.engine.queues(["echo"])}
     return {"keys": sizes, "queues": queues}
 
 
@@ -119,7 +118,7 @@ async def test_bad_input_is_refused_clearly_and_nothing_is_enqueued(hive, case):
     # Given a hive with one task already queued (no spore runs it)
     existing = await hive.submit("echo", {"n": 1}, task_id=f"existing-{uuid.uuid4().hex}")
     before = await snapshot(hive)
-    assert len(before["queues"][hive.kernel.keys.background_queue]) == 1
+    assert len(before["queues"][hive.broker.engine.queue_for(0, None, "echo")]) == 1
 
     # When bad input is submitted
     # Then it is refused with an error saying what was wrong

@@ -18,6 +18,7 @@ from hive_framework import (
     BroadcastMessage,
     HiveConfig,
     Kernel,
+    MessageBroker,
     NodeInfo,
     PluginError,
     TaskContext,
@@ -198,8 +199,8 @@ async def test_disable_plugins_blocks_a_default() -> None:
 
 def test_disabling_the_broker_is_a_clear_error_when_one_is_needed() -> None:
     kernel = new_kernel(disable_plugins=("arq", "streams"))
-    with pytest.raises(PluginError, match="create_broker"):
-        kernel.create_broker()
+    with pytest.raises(PluginError, match="create_engine"):
+        MessageBroker(kernel)
 
 
 def test_the_tasks_plugin_is_essential() -> None:
@@ -416,7 +417,7 @@ def test_describe_plugins_shape() -> None:
     # And --all adds the built-ins, --hook filters by hook
     every = {row["name"]: row for row in kernel.describe_plugins(include_defaults=True)}
     assert DEFAULT_NAMES | {"extra", "talker"} <= set(every)
-    assert "create_broker" in every["arq"]["hooks"]
+    assert "create_engine" in every["arq"]["hooks"]
     assert "reduce" in every["mapreduce"]["hooks"]
     by_hook = kernel.describe_plugins(include_defaults=True, hook="on_broadcast")
     assert [r["name"] for r in by_hook] == ["control", "talker"]

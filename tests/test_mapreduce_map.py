@@ -6,7 +6,6 @@ from __future__ import annotations
 import collections
 
 import pytest
-from arq.constants import job_key_prefix
 
 from hive_framework import Kernel, TaskFailed, TaskStatus, WaitTimeout
 from hive_framework.jobs import MapJob
@@ -110,7 +109,6 @@ async def test_cancel_unfinished_reports_an_item_that_finished_as_the_wait_timed
     assert [(o.status, o.result) for o in job.ordered()] == [("cancelled", None), ("completed", 1), ("cancelled", None)]
     stored = await hive.broker.get_tasks(ids)
     assert [m.status for m in stored] == [TaskStatus.CANCELLED, TaskStatus.COMPLETED, TaskStatus.CANCELLED]
-    await hive.broker.redis.delete(job_key_prefix + stored[1].engine_job_id)  # outside the test namespace
 
 
 @pytest.mark.slow

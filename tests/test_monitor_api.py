@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hive_framework import HiveConfig, Kernel, TaskStatus
+from hive_framework import HiveConfig, Kernel, MessageBroker, TaskStatus
 from hive_framework.jobs import MapJob
 from hive_framework.monitor import Monitor, MonitorServer, create_app
 from hive_framework.nexus import Nexus
@@ -153,7 +153,7 @@ async def test_actions_are_refused_without_the_token_and_work_with_it(hive, clie
 
 async def test_actions_are_refused_when_no_token_is_configured(hive_config):
     # Given a monitor whose nexus has no HIVE_MONITOR_TOKEN
-    async with Kernel(hive_config, apps=[BASIC]).create_broker() as broker:
+    async with MessageBroker(Kernel(hive_config, apps=[BASIC])) as broker:
         transport = httpx.ASGITransport(app=create_app(Monitor(broker)))
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
             # When any token is offered for an action

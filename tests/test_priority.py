@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hive_framework import InvalidTask
-from hive_framework.default_plugins.broker import parse_priority
 from hive_framework.models import HIGH_PRIORITY_LEVEL, PRIORITY_NAMES
+from hive_framework.policies import parse_priority
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hive_framework import HiveConfig, Kernel, NodeInfo, PluginError, TaskMessage, hookimpl
-from hive_framework.default_plugins.foreman import load_score, node_meets
+from hive_framework.policies import load_score, node_meets
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(-1e6, 1e6) | st.text(max_size=5),

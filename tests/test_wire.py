@@ -16,10 +16,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hive_framework import BroadcastMessage, NodeInfo, TaskMessage, TaskStatus, WireError, wire
-from hive_framework.default_plugins.broker import job_deserializer, job_serializer
-from hive_framework.models import BroadcastReply
+from hive_framework.engines.arq import job_deserializer, job_serializer
+from hive_framework.models import BroadcastReply, TaskProgress
 
-MODELS = [TaskMessage, NodeInfo, BroadcastMessage, BroadcastReply]
+MODELS = [TaskMessage, NodeInfo, BroadcastMessage, BroadcastReply, TaskProgress]
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
 json_values = st.recursive(
@@ -56,6 +56,8 @@ def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
         return st.lists(strategy_for(args[0]), max_size=4)
     if origin is dict and args[0] is str:
         return st.dictionaries(st.text(max_size=8), strategy_for(args[1]), max_size=4)
+    if isinstance(tp, type) and attrs.has(tp):  # a nested model
+        return model_strategy(tp)
     raise NotImplementedError(f"test_wire has no strategy for the field type {tp!r}: add one")
 
 

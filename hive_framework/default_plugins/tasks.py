@@ -8,6 +8,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from ..hookspecs import hookimpl
+from ..isolation import ProcessPool
 from ..models import TaskMessage
 from ..tasks import TaskContext, TaskType
 
@@ -25,6 +26,22 @@ async def run_handler(task_type: TaskType, payload: dict[str, Any], context: Tas
     kwargs = {"context": context} if task_type.wants_context else {}
     if task_type.is_async:
         return await task_type.handler(payload, **kwargs)
+    if task_type.isolation == "process":
+        return await handler_processes(context).call(task_type.handler, payload)
     executor = getattr(context.spore, "executor", None)
     call = functools.partial(task_type.handler, payload, **kwargs)
     return await asyncio.get_running_loop().run_in_executor(executor, call)
+
+
+_processes: ProcessPool | None = None
+
+
+def handler_processes(context: TaskContext) -> ProcessPool:
+    """The spore's pool of handler processes; outside a spore (a direct call in a script), one per process."""
+    global _processes
+    pool = getattr(context.spore, "processes", None)
+    if pool is not None:
+        return pool  # type: ignore[no-any-return]
+    if _processes is None:
+        _processes = ProcessPool(4)
+    return _processes

@@ -33,7 +33,7 @@ from ..models import TaskStatus
 from .collector import Monitor
 
 if TYPE_CHECKING:
-    from ..default_plugins.broker import MessageBroker
+    from ..broker import MessageBroker
 
 logger = logging.getLogger(__name__)
 

@@ -14,34 +14,27 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any
 
-from .. import wire
-from ..default_plugins.foreman import ForemanAgent
+from .. import redisutil, wire
+from ..broker.placement import is_unserved, unserved_reason, waiting_for_spores
+from ..foreman import ForemanAgent
 from ..models import NodeInfo, TaskMessage, TaskStatus, utcnow
+from ..redisutil import awaited, raise_if_cancelling, text
+from ..schedules import schedule_rows
 from .metrics import MonitorMetrics
 
 if TYPE_CHECKING:
-    from ..default_plugins.broker import MessageBroker
+    from ..broker import MessageBroker
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 #: Statuses in the order the dashboard lists them.
 STATUSES = tuple(TaskStatus)
 #: Longest error text a task row carries (the task's own page has all of it).
 ERROR_CHARS = 500
-
-
-def _awaited(value: Awaitable[T] | T) -> Awaitable[T]:
-    """redis-py's stubs type commands as ``Awaitable[T] | T``; on ``redis.asyncio`` they are awaitable."""
-    return cast("Awaitable[T]", value)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -74,6 +67,8 @@ def task_row(message: TaskMessage, now: datetime | None = None) -> dict[str, Any
         "duration": duration,
         "error": error,
         "reason": message.reason,
+        #: Queued, but no online spore served its type when it was queued (the reason says which).
+        "waiting_for_spore": is_unserved(message),
     }
 
 
@@ -152,6 +147,7 @@ class Monitor:
     async def queues(self) -> dict[str, Any]:
         """Counts by status, depth per priority, throughput per bucket and the depth history."""
         stats = await self.broker.get_queue_stats()
+        waiting_for = await waiting_for_spores(self.broker.redis, self.keys, await self.broker.get_nodes())
         now = time.time()
         self._sample_depth(now, stats)
         step = self.bucket_seconds
@@ -170,6 +166,7 @@ class Monitor:
         last_minute = results[len(finished) * count :]
         return {
             "stats": stats,
+            "waiting_for_spores": {t: {"tasks": n, "reason": unserved_reason(t)} for t, n in waiting_for.items()},
             "depth": {"high_priority": stats["high_priority_queue"], "background": stats["background_queue"]},
             "names": {"high_priority": self.keys.high_queue, "background": self.keys.background_queue},
             "throughput": {
@@ -203,7 +200,7 @@ class Monitor:
         latest: dict[str, float] = {}
         for entries in results:
             for raw_id, score in entries:
-                task_id = _text(raw_id)
+                task_id = text(raw_id)
                 if score > latest.get(task_id, -math.inf):
                     latest[task_id] = score
         ids = sorted(latest, key=lambda t: latest[t], reverse=True)
@@ -219,8 +216,8 @@ class Monitor:
         return rows
 
     async def task(self, task_id: str) -> dict[str, Any] | None:
-        """Everything stored about one task (payload, result, error in full) plus its duration."""
-        message = await self.broker.get_task_status(task_id)
+        """Everything stored about one task (payload, result, error in full, latest progress) plus its duration."""
+        message = await self.broker.get_task_with_progress(task_id)
         if message is None:
             return None
         plain: dict[str, Any] = wire.to_plain(message)
@@ -231,7 +228,7 @@ class Monitor:
         """The newest map-reduce jobs with their progress, read incrementally from each job's event stream."""
         redis = self.broker.redis
         newest = await redis.zrevrange(self.keys.jobs, 0, limit - 1, withscores=True)
-        listed = [(_text(job_id), score) for job_id, score in newest]
+        listed = [(text(job_id), score) for job_id, score in newest]
         if not listed:
             self._jobs.clear()
             return []
@@ -244,7 +241,7 @@ class Monitor:
         for (job_id, score), raw_info in zip(listed, infos, strict=True):
             if not raw_info:
                 continue  # expired
-            info = {_text(k): _text(v) for k, v in raw_info.items()}
+            info = redisutil.fields(raw_info)
             progress = self._jobs[job_id]
             await self._read_job_events(job_id, progress)
             counts = {s.value: 0 for s in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)}
@@ -273,14 +270,15 @@ class Monitor:
     async def _read_job_events(self, job_id: str, progress: _JobProgress) -> None:
         key = self.keys.job_events(job_id)
         while True:
+            raise_if_cancelling()
             response = await self.broker.redis.xread({key: progress.cursor}, count=5000)
             entries = [entry for _stream, batch in response or [] for entry in batch]
             for entry_id, fields in entries:
-                progress.cursor = _text(entry_id)
+                progress.cursor = text(entry_id)
                 task_id = fields.get(b"task_id", fields.get("task_id"))
                 status = fields.get(b"status", fields.get("status"))
                 if task_id is not None and status is not None:
-                    progress.statuses[_text(task_id)] = _text(status)
+                    progress.statuses[text(task_id)] = text(status)
             if len(entries) < 5000:
                 return
 
@@ -299,7 +297,7 @@ class Monitor:
             )
             zombie_rows.append(row)
         dead = await self.broker.dead_letters(limit)
-        dead_count, parked = await self._zcards([self.keys.dead_letters, self.keys.unrouted])
+        dead_count, parked = await self.zcards([self.keys.dead_letters, self.keys.unrouted])
         return {
             "zombies": zombie_rows,
             "dead_letters": [task_row(m, now) for m in dead],
@@ -309,15 +307,23 @@ class Monitor:
 
     async def ota(self) -> dict[str, Any]:
         """Each node's OTA rollout state, from the hash an OTA plugin keeps (empty when there is none)."""
-        raw = await _awaited(self.broker.redis.hgetall(self.keys.ota_rollout))
+        raw = await awaited(self.broker.redis.hgetall(self.keys.ota_rollout))
         states: dict[str, Any] = {}
-        for node, value in sorted((_text(k), _text(v)) for k, v in raw.items()):
+        for node, value in sorted(redisutil.fields(raw).items()):
             try:
                 parsed = json.loads(value)
             except ValueError:
                 parsed = value
             states[node] = parsed if isinstance(parsed, dict) else {"state": parsed}
         return states
+
+    async def schedules(self) -> list[dict[str, Any]]:
+        """The periodic tasks the leading nexus published, with their last and next ticks as ISO times."""
+        rows = await schedule_rows(self.broker)
+        for row in rows:
+            for key in ("last_tick", "next_tick"):
+                row[key] = None if row[key] is None else datetime.fromtimestamp(row[key], UTC).isoformat()
+        return rows
 
     def nexus(self) -> dict[str, Any] | None:
         if self.watchdog is None:
@@ -330,8 +336,9 @@ class Monitor:
 
     async def snapshot(self) -> dict[str, Any]:
         """Everything the page shows, in one JSON-ready dict (``/api/snapshot`` and each live update)."""
-        nodes, queues, tasks, jobs, trouble, ota = await asyncio.gather(
-            self.nodes(), self.queues(), self.recent_tasks(), self.jobs(), self.trouble(), self.ota()
+        nodes, queues, tasks, jobs, trouble, ota, schedules = await asyncio.gather(
+            self.nodes(), self.queues(), self.recent_tasks(), self.jobs(), self.trouble(), self.ota(),
+            self.schedules()
         )
         return {
             "generated_at": utcnow().isoformat(),
@@ -341,29 +348,23 @@ class Monitor:
             "jobs": jobs,
             "trouble": trouble,
             "ota": ota,
+            "schedules": schedules,
             "nexus": self.nexus(),
             "actions_enabled": self.actions_enabled,
         }
 
     async def queue_lengths(self, keys: Iterable[str]) -> list[int]:
-        """Length of each queue whatever the engine keeps it as (ARQ: sorted set; streams: stream)."""
+        """Length of each queue, as the engine in force counts its jobs, in one round trip."""
         names = list(keys)
         if not names:
             return []
-        redis = self.broker.redis
-        async with redis.pipeline(transaction=False) as pipe:
+        async with self.broker.redis.pipeline(transaction=False) as pipe:
             for name in names:
-                pipe.type(name)
-            kinds = [_text(k) for k in await pipe.execute()]
-        counters = {"zset": "ZCARD", "stream": "XLEN", "list": "LLEN"}
-        async with redis.pipeline(transaction=False) as pipe:
-            for name, kind in zip(names, kinds, strict=True):
-                if kind in counters:
-                    pipe.execute_command(counters[kind], name)
-            lengths = iter(await pipe.execute())
-        return [int(next(lengths)) if kind in counters else 0 for kind in kinds]
+                self.broker.engine.queue_depth_ops(pipe, name)
+            return [int(n or 0) for n in await pipe.execute()]
 
-    async def _zcards(self, keys: Iterable[str]) -> list[int]:
+    async def zcards(self, keys: Iterable[str]) -> list[int]:
+        """The sizes of the sorted sets ``keys``, in one round trip."""
         names = list(keys)
         if not names:
             return []
@@ -392,6 +393,7 @@ class Monitor:
     async def _run(self) -> None:
         failing = False
         while True:
+            raise_if_cancelling()
             watched = self._subscribers > 0
             try:
                 await self.tick(full=watched)

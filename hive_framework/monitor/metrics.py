@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..backlog import autoscale_families, backlog_families, read_backlog
 from ..models import TaskStatus
+from ..redisutil import text
 
 if TYPE_CHECKING:
-    from .collector import Monitor
+    from ..broker import MessageBroker
 
 #: Final statuses whose tasks the counters and the histogram follow.
 FINAL = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
@@ -31,8 +33,22 @@ BATCH = 5000
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, float("inf"))
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
+class MetricsSource(Protocol):
+    """What the metrics read from the monitor (:class:`~hive_framework.monitor.collector.Monitor` is one)."""
+
+    @property
+    def broker(self) -> MessageBroker: ...
+
+    @property
+    def watchdog(self) -> Any: ...
+
+    async def nodes(self) -> dict[str, Any]:
+        """The cluster view: ``{"nodes": [row, ...], ...}`` as the dashboard shows it."""
+        ...
+
+    async def zcards(self, keys: Iterable[str]) -> list[int]:
+        """The sizes of the sorted sets ``keys``."""
+        ...
 
 
 class _Families(Collector):
@@ -48,7 +64,7 @@ class _Families(Collector):
 class MonitorMetrics:
     """The monitor's Prometheus registry: ``await render()`` returns the text exposition."""
 
-    def __init__(self, monitor: Monitor) -> None:
+    def __init__(self, monitor: MetricsSource) -> None:
         self.monitor = monitor
         self.registry = CollectorRegistry(auto_describe=False)
         self.duration = Histogram(
@@ -94,7 +110,7 @@ class MonitorMetrics:
         fresh: list[tuple[str, str, float]] = []
         for status, entries in zip(FINAL, results, strict=True):
             for raw_id, score in entries:
-                key = (_text(raw_id), status.value, float(score))
+                key = (text(raw_id), status.value, float(score))
                 if key not in self._seen:
                     fresh.append(key)
         if not fresh:
@@ -128,7 +144,7 @@ class MonitorMetrics:
         stats = await broker.get_queue_stats()
         cluster = await monitor.nodes()
         zombies = await broker.detect_zombie_tasks()
-        dead, parked = await monitor._zcards([broker.keys.dead_letters, broker.keys.unrouted])
+        dead, parked = await monitor.zcards([broker.keys.dead_letters, broker.keys.unrouted])
 
         depth = GaugeMetricFamily(
             "hive_queue_depth", "Jobs on each shared queue, by priority class (started ones included).",
@@ -178,6 +194,8 @@ class MonitorMetrics:
             nodes.add_metric([state], count)
 
         families: list[Metric] = [depth, tasks, node_queue, up, cpu, memory, active, load, nodes]
+        families += backlog_families(await read_backlog(broker))
+        families += await autoscale_families(broker)
         families.append(GaugeMetricFamily("hive_zombie_tasks", "Running tasks whose node is lost or that ran "
                                           "past HIVE_ZOMBIE_TASK_TIMEOUT.", value=len(zombies)))
         families.append(GaugeMetricFamily("hive_dead_letters", "Tasks that failed for good.", value=dead))

@@ -186,6 +186,7 @@
     renderJobs(snap.jobs);
     renderTasks(snap.tasks, now);
     renderTrouble(snap.trouble, now);
+    renderSchedules(snap.schedules || [], now);
     renderOta(snap.ota);
     renderActions(snap);
   }
@@ -251,9 +252,11 @@
       ["background", queues.depth.background],
       ["node queues", cluster.nodes.reduce((sum, n) => sum + (n.queued || 0), 0)],
       ["waiting / parked", queues.stats.tasks_waiting],
+      ["waiting for a spore", Object.values(queues.waiting_for_spores || {}).reduce((sum, w) => sum + w.tasks, 0)],
     ];
     box.replaceChildren(...entries.map(([k, n]) => el("div", { class: "depth" },
       el("div", { class: "n", text: n }), el("div", { class: "k", text: k }))));
+    box.title = Object.values(queues.waiting_for_spores || {}).map((w) => w.tasks + " task(s): " + w.reason).join("\n");
     drawThroughput(queues.throughput);
     drawDepth(queues.depth_history);
   }
@@ -344,7 +347,7 @@
       cells(row, [
         t.task_id,
         t.task_type,
-        badge(t.status, "status-" + t.status),
+        t.waiting_for_spore ? badge("waiting", "status-waiting") : badge(t.status, "status-" + t.status),
         t.node || "–",
         t.attempt + " / " + (t.max_retries + 1),
         fmtDuration(t.duration),
@@ -400,6 +403,15 @@
       row.cells[4].title = t.error || "";
     });
     setText("parked", trouble.parked ? trouble.parked + " task(s) parked, waiting for a node that meets their requirements" : "");
+  }
+
+  function renderSchedules(schedules, now) {
+    $("schedules-section").hidden = schedules.length === 0;
+    syncRows($("schedules").tBodies[0], schedules, (s) => s.name, () => blankRow(6, ["", "", "", "", "", "id"]),
+      (row, s) => {
+        const next = s.next_tick ? "in " + fmtDuration(Math.max(0, (Date.parse(s.next_tick) - now) / 1000)) : "–";
+        cells(row, [s.name, s.task_type, s.when, ago(s.last_tick, now), next, s.last_task_id || "–"]);
+      });
   }
 
   function renderOta(ota) {

@@ -3,33 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
-from hive_framework.cli import State
+from hive_framework import CliState, MessageBroker, echo_json
 
 from .errors import OTAError
 from .settings import OTASettings
 
 
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
-
-
-def _settings(state: State) -> OTASettings:
+def _settings(state: CliState) -> OTASettings:
     return OTASettings.from_config(state.config())
 
 
-async def _with_manager(state: State, key: str | None, action: Any) -> Any:
+async def _with_manager(state: CliState, key: str | None, action: Any) -> Any:
     from .manager import OTAManager
 
     kernel = state.kernel()
     settings = OTASettings.from_config(kernel.config)
-    async with kernel.create_broker() as broker:
+    async with MessageBroker(kernel) as broker:
         return await action(OTAManager(broker, settings=settings, signing_key=key))
 
 
@@ -71,7 +66,7 @@ def keygen(out_dir: Path, name: str) -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--expires-in", type=click.FloatRange(min=0, min_open=True), help="Days the manifest stays valid.")
 @click.pass_obj
-def build(state: State, version: str, sources: tuple[Path, ...], description: str, apps: tuple[str, ...],
+def build(state: CliState, version: str, sources: tuple[Path, ...], description: str, apps: tuple[str, ...],
           requirements: tuple[str, ...], no_deps: bool, key: str | None, out_dir: Path | None,
           expires_in: float | None) -> None:
     """Zip SOURCES (folders or files) as release VERSION with a signed manifest; print where it is."""
@@ -88,10 +83,10 @@ def build(state: State, version: str, sources: tuple[Path, ...], description: st
         requirements=list(requirements) or None, apps=list(apps) or None,
         ttl=expires_in * 86400 if expires_in else None, out_dir=out_dir,
     ))
-    _echo_json(package.describe())
+    echo_json(package.describe())
 
 
-def _load_package(state: State, spec: str) -> Any:
+def _load_package(state: CliState, spec: str) -> Any:
     from .package import UpdatePackage
 
     path = Path(spec)
@@ -115,7 +110,7 @@ def _load_package(state: State, spec: str) -> Any:
               help="Seconds each wave may take.")
 @click.option("--no-wait", is_flag=True, help="Send the update and print its id without following it.")
 @click.pass_obj
-def publish(state: State, package: str, nodes: tuple[str, ...], canary: int, url: str | None, force: bool,
+def publish(state: CliState, package: str, nodes: tuple[str, ...], canary: int, url: str | None, force: bool,
             key: str | None, timeout: float, no_wait: bool) -> None:
     """Ship PACKAGE (a zip, or a version built here) to the spores and follow the rollout; exit 1 on any failure."""
     update = _load_package(state, package)
@@ -127,7 +122,7 @@ def publish(state: State, package: str, nodes: tuple[str, ...], canary: int, url
                                      package_url=url, force=force)
 
     result = asyncio.run(_with_manager(state, key, go))
-    _echo_json(result)
+    echo_json(result)
     if result.get("ok") is False:
         sys.exit(1)
 
@@ -135,7 +130,7 @@ def publish(state: State, package: str, nodes: tuple[str, ...], canary: int, url
 @ota.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_obj
-def status(state: State, as_json: bool) -> None:
+def status(state: CliState, as_json: bool) -> None:
     """Each node's running version and the state of its last update (committed, rolled_back, rejected...)."""
 
     async def go(manager: Any) -> Any:
@@ -143,7 +138,7 @@ def status(state: State, as_json: bool) -> None:
 
     rows = asyncio.run(_with_manager(state, None, go))
     if as_json:
-        _echo_json(rows)
+        echo_json(rows)
         return
     if not rows:
         click.echo("no spores known")
@@ -160,14 +155,14 @@ def status(state: State, as_json: bool) -> None:
 @click.option("--key", type=click.Path(dir_okay=False), help="Signing key (default: [plugins.ota] signing_key).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300, show_default=True)
 @click.pass_obj
-def rollback(state: State, nodes: tuple[str, ...], to_version: str | None, key: str | None, timeout: float) -> None:
+def rollback(state: CliState, nodes: tuple[str, ...], to_version: str | None, key: str | None, timeout: float) -> None:
     """Switch spores back to their previous release (a signed order); exit 1 unless every node committed."""
 
     async def go(manager: Any) -> Any:
         return await manager.rollback(list(nodes) or None, to_version=to_version, timeout=timeout)
 
     result = asyncio.run(_with_manager(state, key, go))
-    _echo_json(result)
+    echo_json(result)
     if not result["ok"]:
         sys.exit(1)
 
@@ -175,7 +170,7 @@ def rollback(state: State, nodes: tuple[str, ...], to_version: str | None, key: 
 @ota.command("list")
 @click.option("--cleanup", "keep", type=click.IntRange(min=0), help="Delete all but the KEEP newest packages.")
 @click.pass_obj
-def list_cmd(state: State, keep: int | None) -> None:
+def list_cmd(state: CliState, keep: int | None) -> None:
     """Packages built here, and whether each is published in Redis."""
 
     async def go(manager: Any) -> Any:
@@ -183,13 +178,13 @@ def list_cmd(state: State, keep: int | None) -> None:
             return {"removed": await manager.cleanup_old_packages(keep)}
         return await manager.list_packages()
 
-    _echo_json(asyncio.run(_with_manager(state, None, go)))
+    echo_json(asyncio.run(_with_manager(state, None, go)))
 
 
 @ota.command("spore", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("spore_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
-def spore(state: State, spore_args: tuple[str, ...]) -> None:
+def spore(state: CliState, spore_args: tuple[str, ...]) -> None:
     """Run a supervised spore (any 'hive spore' options): it runs the installed release and is switched,
     probed and rolled back by this process. The apps come from the release (or --app)."""
     from .supervisor import Supervisor

@@ -8,6 +8,7 @@ The release is resolved once, at start: switching ``current`` later never change
 
 from __future__ import annotations
 
+import runpy
 import sys
 from pathlib import Path
 
@@ -43,9 +44,9 @@ def main(argv: list[str] | None = None) -> None:
         runtime.RELEASE = release.name
         runtime.VERSION = release.version
 
-    from hive_framework.cli import main as hive_main
-
-    hive_main(hive_args)
+    # ``python -m hive_framework HIVE-ARGS`` in this process, after the release's paths are in place.
+    sys.argv = [sys.argv[0], *hive_args]
+    runpy.run_module("hive_framework", run_name="__main__", alter_sys=False)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ class OTAManager:
     def signing_key(self) -> Ed25519PrivateKey:
         if isinstance(self._signing_key, Ed25519PrivateKey):
             return self._signing_key
-        key = load_private_key(self._signing_key or self.settings.signing_key)
+        key = load_private_key(self._signing_key or self.settings.signing_key_path() or "")
         self._signing_key = key
         return key
 

@@ -180,10 +180,26 @@ class ReleaseStore:
             for path in self.releases_dir.glob(".incoming-*"):
                 shutil.rmtree(path, ignore_errors=True)
 
+    @property
+    def failed_file(self) -> Path:
+        return self.root / "failed.json"
+
+    def mark_failed(self, name: str) -> None:
+        """Remember a release that was rolled back (pruning deletes it before any good one)."""
+        failed = set((read_json(self.failed_file) or {}).get("releases", []))
+        failed.add(name)
+        write_json(self.failed_file, {"releases": sorted(failed)})
+
+    def failed(self) -> set[str]:
+        return {str(n) for n in (read_json(self.failed_file) or {}).get("releases", [])}
+
     def prune(self, keep: int) -> list[str]:
-        """Delete old release folders, keeping ``current``, ``previous`` and the newest ``keep`` in all."""
+        """Delete old release folders, keeping ``current``, ``previous`` and the newest ``keep`` in all; releases
+        that were rolled back go first, so the last good ones stay (``rollback --to`` needs them)."""
         pinned = {r.name for r in (self.current(), self.previous()) if r is not None}
-        others = [r for r in reversed(self.releases()) if r.name not in pinned]
+        failed = self.failed()
+        newest_first = [r for r in reversed(self.releases()) if r.name not in pinned]
+        others = [r for r in newest_first if r.name not in failed] + [r for r in newest_first if r.name in failed]
         removed = []
         for release in others[max(keep - len(pinned), 0):]:
             shutil.rmtree(release.path, ignore_errors=True)

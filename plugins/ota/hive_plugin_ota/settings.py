@@ -5,14 +5,14 @@ No ``HIVE_*`` environment names are added (hive refuses unknown ones): put these
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import attrs
-from hive_framework import HiveConfig
-from hive_framework.config import positive, read_plugin_settings
+from hive_framework import HiveConfig, positive, read_plugin_settings
 
 PLUGIN_NAME = "ota"
 DISTRIBUTION = "hive-plugin-ota"
@@ -46,7 +46,8 @@ class OTASettings:
 
     #: Ed25519 public keys (base64 of the 32 raw bytes, as ``hive ota keygen`` prints them) a spore trusts.
     trusted_keys: tuple[str, ...] = ()
-    #: Private key file (PEM) that ``hive ota build|publish --force|rollback`` sign with.
+    #: Private key file (PEM) that ``hive ota build|publish --force|rollback`` sign with. A relative path is
+    #: relative to the folder of the config file (``$HIVE_CONFIG``, else ``./hive.toml``), not the working one.
     signing_key: str = attrs.field(default="", converter=_path)
     #: A spore's OTA folder (releases, ``current`` pointer, trust state); default: ``<state_dir>/ota``.
     root: str = attrs.field(default="", converter=_path)
@@ -86,6 +87,16 @@ class OTASettings:
         return read_plugin_settings(PLUGIN_NAME, section, cls)
 
     # --- derived paths -----------------------------------------------------------------------------------
+
+    def signing_key_path(self, environ: Mapping[str, str] | None = None) -> Path | None:
+        """``signing_key`` as a path: a relative one is taken from the config file's folder."""
+        if not self.signing_key:
+            return None
+        path = Path(self.signing_key).expanduser()
+        if path.is_absolute():
+            return path
+        config_file = (os.environ if environ is None else environ).get("HIVE_CONFIG")
+        return (Path(config_file).expanduser().resolve().parent if config_file else Path.cwd()) / path
 
     def root_dir(self, config: HiveConfig) -> Path:
         if self.root:

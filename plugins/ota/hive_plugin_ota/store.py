@@ -16,27 +16,18 @@ import asyncio
 import json
 import time
 import urllib.request
-from collections.abc import Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from hive_framework.redisutil import awaited, fields, text
 from redis.asyncio import Redis
 
 from .errors import OTAError, PackageRejected
 
 SCHEME = "hive-ota"
-T = TypeVar("T")
 _BLOCK = 256 * 1024
-
-
-def _awaited(value: Awaitable[T] | T) -> Awaitable[T]:
-    return cast("Awaitable[T]", value)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class OTAKeys:
@@ -78,7 +69,7 @@ async def store_package(
     try:
         with path.open("rb") as handle:
             while block := handle.read(chunk_bytes):
-                await _awaited(redis.rpush(staging, block))
+                await awaited(redis.rpush(staging, block))
                 chunks += 1
         async with redis.pipeline(transaction=True) as pipe:
             if chunks:
@@ -96,11 +87,10 @@ async def store_package(
 async def stored_packages(redis: Redis, keys: OTAKeys) -> list[dict[str, Any]]:
     out = []
     for raw in await redis.zrange(keys.packages, 0, -1):
-        checksum = _text(raw)
-        meta = await _awaited(redis.hgetall(keys.meta(checksum)))
+        checksum = text(raw)
+        meta = await awaited(redis.hgetall(keys.meta(checksum)))
         if meta:
-            out.append({"checksum": checksum, "url": package_url(checksum),
-                        **{_text(k): _text(v) for k, v in meta.items()}})
+            out.append({"checksum": checksum, "url": package_url(checksum), **fields(meta)})
     return out
 
 
@@ -135,7 +125,7 @@ async def fetch(url: str, dest: Path, *, cap: int, redis: Redis | None, keys: OT
 
 
 async def _fetch_redis(redis: Redis, keys: OTAKeys, checksum: str, dest: Path, cap: int) -> int:
-    meta = {_text(k): _text(v) for k, v in (await _awaited(redis.hgetall(keys.meta(checksum)))).items()}
+    meta = fields(await awaited(redis.hgetall(keys.meta(checksum))))
     if not meta:
         raise PackageRejected(f"package {checksum[:12]} is not stored in Redis (never published, or cleaned up)")
     size = int(meta.get("size", "0"))
@@ -144,7 +134,7 @@ async def _fetch_redis(redis: Redis, keys: OTAKeys, checksum: str, dest: Path, c
     written = 0
     with dest.open("wb") as out:
         for index in range(int(meta.get("chunks", "0"))):
-            block = await _awaited(redis.lindex(keys.data(checksum), index))
+            block = await awaited(redis.lindex(keys.data(checksum), index))
             if block is None:
                 raise PackageRejected(f"package {checksum[:12]} lost chunk {index} in Redis")
             written += len(block)
@@ -197,12 +187,12 @@ async def report(redis: Redis, keys: OTAKeys, node_id: str, **fields: Any) -> di
     """Record a node's update state (merged over its previous one) for the nexus, ``hive ota status``, rollouts."""
     previous = await read_report(redis, keys, node_id) or {}
     entry = {**previous, **fields, "node": node_id, "at": datetime.now(UTC).isoformat()}
-    await _awaited(redis.hset(keys.nodes, node_id, json.dumps(entry, default=str)))
+    await awaited(redis.hset(keys.nodes, node_id, json.dumps(entry, default=str)))
     return entry
 
 
 async def read_report(redis: Redis, keys: OTAKeys, node_id: str) -> dict[str, Any] | None:
-    raw = await _awaited(redis.hget(keys.nodes, node_id))
+    raw = await awaited(redis.hget(keys.nodes, node_id))
     if raw is None:
         return None
     try:
@@ -214,11 +204,11 @@ async def read_report(redis: Redis, keys: OTAKeys, node_id: str) -> dict[str, An
 
 async def read_reports(redis: Redis, keys: OTAKeys) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    for node, raw in (await _awaited(redis.hgetall(keys.nodes))).items():
+    for node, raw in (await awaited(redis.hgetall(keys.nodes))).items():
         try:
             value = json.loads(raw)
         except ValueError:
             continue
         if isinstance(value, dict):
-            out[_text(node)] = value
+            out[text(node)] = value
     return out

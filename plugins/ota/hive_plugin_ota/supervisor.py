@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
 import fcntl
+import functools
 import logging
 import os
 import signal
@@ -30,7 +32,8 @@ import time
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from hive_framework import HiveConfig, Kernel, TaskStatus
+import psutil
+from hive_framework import HiveConfig, Kernel, MessageBroker, TaskStatus
 
 from .errors import OTAError
 from .releases import Release, ReleaseStore, read_json, write_json
@@ -38,6 +41,22 @@ from .settings import OTASettings
 from .store import OTAKeys, report
 
 logger = logging.getLogger("hive.ota.supervisor")
+#: prctl(2) option: the signal the kernel sends a process when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+#: libc's symbols, loaded in the supervisor (never in the forked child, where loading is not safe).
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def die_with_parent(parent: int) -> None:
+    """In the child, between fork and exec: get SIGTERM when the supervisor dies (even by kill -9), so a
+    spore never outlives its supervisor; if the supervisor is already gone, exit now. (Linux; elsewhere a
+    restarted supervisor stops the leftover child, see ``_stop_leftover_child``.)"""
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
 PROBE_TASK = "ota.probe"
 MAX_BACKOFF = 30.0
 
@@ -79,12 +98,13 @@ class Supervisor:
     async def run(self) -> int:
         self._lock()
         kernel = Kernel(self.config)
-        self.broker = kernel.create_broker()
+        self.broker = MessageBroker(kernel)
         await self.broker.connect()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         self.store.ensure()
+        await self._stop_leftover_child()
         self.store.discard_incoming()
         self._resume_probation()
         crashes = 0
@@ -124,6 +144,39 @@ class Supervisor:
                 await self.broker.disconnect()
         return 0
 
+    @property
+    def _child_file(self) -> Any:
+        return self.store.root / "child.json"
+
+    def _remember_child(self, pid: int) -> None:
+        """Note the child's pid and start time, so a restarted supervisor can find a child left behind."""
+        with contextlib.suppress(psutil.Error):
+            write_json(self._child_file, {"pid": pid, "create_time": psutil.Process(pid).create_time()})
+
+    async def _stop_leftover_child(self) -> None:
+        """A child of a previous supervisor still running (its supervisor was killed before the parent-death
+        signal could be set, or on a system without it) is stopped before a new one starts: one spore per
+        node id. The pid counts only with the same start time (a recycled pid is left alone)."""
+        noted = read_json(self._child_file)
+        if not noted:
+            return
+        try:
+            proc = psutil.Process(int(noted["pid"]))
+            if abs(proc.create_time() - float(noted["create_time"])) > 0.01:
+                return
+        except (psutil.Error, KeyError, TypeError, ValueError):
+            return
+        logger.warning("stopping spore pid %s left running by a previous supervisor", proc.pid)
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+        loop = asyncio.get_running_loop()
+        _, alive = await loop.run_in_executor(
+            None, functools.partial(psutil.wait_procs, [proc], timeout=self.config.shutdown_grace + 15)
+        )
+        for leftover in alive:
+            with contextlib.suppress(psutil.Error):
+                leftover.kill()
+
     def _resume_probation(self) -> None:
         """After a crash mid-switch, finish pointing ``current`` where the unfinished probation says."""
         probation = read_json(self.store.probation_file)
@@ -156,7 +209,11 @@ class Supervisor:
                 apps += ["--app", app]
         argv += ["--", *self.hive_args, "spore", *self.spore_args, *apps]
         self.tail.clear()
-        self.child = await asyncio.create_subprocess_exec(*argv, env=env, stderr=asyncio.subprocess.PIPE)
+        self.child = await asyncio.create_subprocess_exec(
+            *argv, env=env, stderr=asyncio.subprocess.PIPE,
+            preexec_fn=functools.partial(die_with_parent, os.getpid()),
+        )
+        self._remember_child(self.child.pid)
         self.child_release = release
         self._pump_task = asyncio.create_task(self._pump(self.child))  # ends with the child's stderr
         logger.info("started spore pid %s on %s", self.child.pid,
@@ -298,6 +355,8 @@ class Supervisor:
                                reason=f"{probation.get('reason')}; and the previous release is not healthy either: "
                                       f"{reason}")
             return
+        if probation.get("to"):
+            self.store.mark_failed(str(probation["to"]))
         back = self.store.release(probation["from"]) if probation.get("from") else None
         before = self.store.release(probation["from_previous"]) if probation.get("from_previous") else None
         restore = {

@@ -13,7 +13,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
 import textwrap
 import uuid
 import zipfile
@@ -24,8 +23,8 @@ from typing import Any
 import attrs
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hive_framework import HiveConfig, Kernel, TaskStatus
-from hive_framework.testing import SporeProcess, async_wait_until
+from hive_framework import HiveConfig, Kernel, MessageBroker, TaskStatus
+from hive_framework.testing import SporeProcess, async_wait_until, child_env, spawn_hive
 
 from hive_plugin_ota import OTAManager, UpdatePackage
 from hive_plugin_ota.package import build_package
@@ -139,17 +138,12 @@ class SupervisedSpore(SporeProcess):
 self, config: HiveConfig, name: str, *, toml: Path, state_dir: Path, log_dir: Path) -> None:
         self.name = name
         self.state_dir = state_dir
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HIVE_", "REDIS_"))}
-        env.update(config.to_env())
-        env["HIVE_CONFIG"] = str(toml)
-        env["HIVE_STATE_DIR"] = str(state_dir)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p)
+        env = child_env(config, {"HIVE_CONFIG": str(toml), "HIVE_STATE_DIR": str(state_dir)},
+                        pythonpath=[os.getcwd()])
         self.log_path = log_dir / f"supervised-{name}-{uuid.uuid4().hex[:6]}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hive_framework", "ota", "spore", "--name", name, "--concurrency", "2"],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT,
-        )
+        self.proc = spawn_hive(["ota", "spore", "--name", name, "--concurrency", "2"], env=env, stdout=self._log,
+                               stderr=subprocess.STDOUT)
 
     @property
     def root(self) -> Path:
@@ -187,7 +181,7 @@ class OTAHive:
 
     @contextlib.asynccontextmanager
     async def manager(self) -> AsyncIterator[OTAManager]:
-        async with Kernel(self.config).create_broker() as broker:
+        async with MessageBroker(Kernel(self.config)) as broker:
             yield OTAManager(broker, signing_key=self.keys["trusted"])
 
 

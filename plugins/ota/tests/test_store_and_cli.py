@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from hive_framework import HiveConfig, Kernel
-from hive_framework.cli import cli
+from hive_framework import HiveConfig, Kernel, MessageBroker
+from hive_framework.testing import hive_cli
 from ota_helpers import make_package, version_app
 
 from hive_plugin_ota import OTAManager, OTASettings
@@ -20,7 +20,7 @@ from hive_plugin_ota.cli import ota
 from hive_plugin_ota.errors import PackageRejected
 from hive_plugin_ota.store import OTAKeys, fetch, store_package, stored_packages
 
-cli.add_command(ota)
+cli = hive_cli(ota)
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ async def test_a_package_round_trips_through_redis_in_chunks(hive_config: HiveCo
                                                              tmp_path: Path) -> None:
     package = make_package(keys["trusted"], tmp_path, "1.0", version_app('"v1"'))
     ota_keys = OTAKeys(hive_config.key_prefix)
-    async with Kernel(hive_config).create_broker() as broker:
+    async with MessageBroker(Kernel(hive_config)) as broker:
         url = await store_package(broker.redis, ota_keys, package.path, checksum=package.checksum, version="1.0",
                                   chunk_bytes=100, max_bytes=10**6)
         assert url == f"hive-ota://{package.checksum}"
@@ -107,7 +107,7 @@ async def test_list_and_clean_up_packages(hive_config: HiveConfig, keys: dict[st
     source.mkdir(parents=True)
     (source / "__init__.py").write_text("x = 1\n")
     settings = OTASettings(package_dir=str(tmp_path / "packages"))
-    async with Kernel(hive_config).create_broker() as broker:
+    async with MessageBroker(Kernel(hive_config)) as broker:
         ota = OTAManager(broker, settings=settings, signing_key=keys["trusted"])
         built = [await ota.create_package(v, f"release {v}", [source]) for v in ("1.0", "1.10", "1.9")]
         await ota.publish(built[0])

@@ -20,7 +20,7 @@ import attrs
 from hive_framework import HiveConfig, TaskContext, hookimpl, task
 
 from .fetch import ScrapeError
-from .scraper import cached_result, digest, error_record, scrape, store_result
+from .scraper import cached_result, digest, error_record, hive_politeness, scrape, store_result
 from .settings import ScrapeSettings, plugin_version
 from .urls import InvalidPayload, is_url_item, parse_payload, url_of
 
@@ -52,11 +52,11 @@ async def web_scraping(payload: dict[str, Any], context: TaskContext) -> dict[st
     if cached is not None:
         return cached
     try:
-        result = await scrape(request, settings)
+        result = await scrape(request, settings, politeness=hive_politeness(context.redis, context.config))
     except ScrapeError as exc:
         if exc.transient and context.task.attempt <= context.task.max_retries:
             raise
-        return error_record(request.url, exc.reason, exc.kind)
+        return error_record(request.as_given, exc.reason, exc.kind)
     await store_result(context.redis, context.config, request, result, settings.cache_ttl)
     return result
 

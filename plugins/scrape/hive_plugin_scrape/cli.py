@@ -8,7 +8,7 @@ import textwrap
 from typing import Any
 
 import click
-from hive_framework.cli import State, run_coro
+from hive_framework import CliState, MessageBroker, run_coro
 
 from .settings import ScrapeSettings
 from .urls import MAX_SENTENCES, InvalidPayload, parse_url
@@ -24,25 +24,34 @@ from .urls import MAX_SENTENCES, InvalidPayload, parse_url
               help="Seconds to wait for the spores; unfinished URLs are reported as pending.")
 @click.option("--priority", default="high_priority", show_default=True, help="high_priority, background or 0-10.")
 @click.option("--json", "as_json", is_flag=True, help="Print the digest as JSON instead of a table.")
+@click.option("--queue", is_flag=True,
+              help="Submit even when no spore that runs web_scraping is online (one started later does the work).")
 @click.pass_obj
 @run_coro
 async def scrape_command(
-    state: State, urls: tuple[str, ...], sentences: int, language: str, wait_timeout: float, priority: str,
-    as_json: bool,
+    state: CliState, urls: tuple[str, ...], sentences: int, language: str, wait_timeout: float, priority: str,
+    as_json: bool, queue: bool,
 ) -> None:
     """Fetch, extract and summarise each URL on the spores (task type web_scraping) and print a digest.
 
-    Exits 1 when any URL could not be summarised.
+    Exits 1 when any URL could not be summarised, or at once when no spore that can do it is online.
     """
     from hive_framework import ParallelSkill
 
     try:
-        items = [{"url": parse_url(url), "sentences": sentences, "language": language} for url in urls]
+        for url in urls:
+            parse_url(url)
     except InvalidPayload as exc:
         raise click.BadParameter(str(exc), param_hint="URL") from None
+    # The URLs as typed: the digest is keyed by them (the spores fetch and cache the canonical form).
+    items = [{"url": url, "sentences": sentences, "language": language} for url in urls]
     kernel = state.kernel()
     ScrapeSettings.from_config(kernel.config)  # a bad [plugins.scrape] section fails here, not on every spore
-    async with kernel.create_broker() as broker:
+    async with MessageBroker(kernel) as broker:
+        if not queue:
+            problem = no_scraper_online(await broker.get_nodes())
+            if problem:
+                raise click.ClickException(f"{problem}; nothing submitted (--queue submits anyway)")
         report = json.loads(await ParallelSkill(broker).map_reduce(
             f"Summarise each page in {sentences} sentences", items, priority=priority,
             wait_timeout=wait_timeout, task_type="web_scraping", reducer="scrape_digest",
@@ -56,6 +65,19 @@ async def scrape_command(
         click.echo(render_table(pages, report["summary"]))
     if any("error" in page for page in pages.values()):
         sys.exit(1)
+
+
+def no_scraper_online(nodes: list[Any]) -> str | None:
+    """Why no online spore would run a web_scraping task (``None`` when one would)."""
+    if not nodes:
+        return "no spore is online (start one with `hive spore`, or `hive up --spores N`)"
+    capable = [n for n in nodes if "web_scraping" in n.task_types]
+    if not capable:
+        return (f"{len(nodes)} spore(s) online, but none runs web_scraping "
+                "(is hive-plugin-scrape installed where they run?)")
+    if all(n.paused for n in capable):
+        return f"every spore that runs web_scraping is paused ({len(capable)}); resume one with `hive broadcast RESUME`"
+    return None
 
 
 def full_digest(report: dict[str, Any]) -> dict[str, dict[str, Any]]:

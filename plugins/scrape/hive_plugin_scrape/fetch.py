@@ -8,24 +8,30 @@ How a URL is fetched:
    second DNS answer cannot swap in another address (DNS rebinding).
 3. Redirects are followed here, one hop at a time, and each hop goes through steps 1-2 again.
 4. The body is streamed and reading stops at ``max_bytes``; only HTML and plain text are accepted.
-5. Each host gets at most ``per_host_concurrency`` requests at once from this process, with starts spaced by
-   ``politeness_delay`` seconds; waiting for that slot does not count against ``total_timeout``.
+5. Each host's request starts are spaced by ``politeness_delay`` seconds on a schedule shared by every spore
+   (:mod:`.polite`, in Redis), pushed back by a server's ``Retry-After``; at most ``per_host_concurrency``
+   requests to a host are in flight from one process. Waiting for a turn does not count against
+   ``total_timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
+import importlib.util
 import ipaddress
 import socket
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
 import httpx
 
+from .polite import Politeness, local_politeness
 from .settings import ScrapeSettings
 from .urls import InvalidPayload, parse_url
 
@@ -38,6 +44,11 @@ TEXT_TYPES = frozenset({"text/plain"})
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 #: HTTP statuses worth another attempt later; every other 4xx is an answer about the URL.
 TRANSIENT_STATUSES = frozenset({408, 425, 429})
+#: Content encodings httpx decodes here: brotli only with the ``brotli`` package (a dependency of this plugin).
+DECODABLE_ENCODINGS = frozenset(
+    {"identity", "gzip", "x-gzip", "deflate"} | ({"br"} if importlib.util.find_spec("brotli") else set())
+)
+ENCODING_NAMES = {"br": "brotli (br)", "zstd": "Zstandard (zstd)", "compress": "LZW (compress)"}
 _PERMANENT_DNS_ERRORS = frozenset({socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)})
 
 
@@ -47,10 +58,12 @@ class ScrapeError(Exception):
     ``transient`` errors (timeouts, refused connections, HTTP 429/5xx) may succeed if tried again later.
     """
 
-    def __init__(self, kind: str, message: str, *, transient: bool = False) -> None:
+    def __init__(self, kind: str, message: str, *, transient: bool = False, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.transient = transient
+        #: Seconds the server asked us to wait (``Retry-After``), as sent.
+        self.retry_after = retry_after
 
     @property
     def reason(self) -> str:
@@ -191,9 +204,15 @@ async def fetch(
     *,
     resolver: Resolver | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    politeness: Politeness | None = None,
 ) -> Page:
-    """GET ``url`` following redirects by hand, every hop vetted; :class:`ScrapeError` when that fails."""
+    """GET ``url`` following redirects by hand, every hop vetted; :class:`ScrapeError` when that fails.
+
+    :param politeness: the per-host schedule; the hive's (:class:`~.polite.RedisPoliteness`) on a spore,
+        this process's own by default.
+    """
     resolve = resolver or system_resolver
+    polite = politeness or local_politeness()
     timeout = httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout)
     budget = settings.total_timeout
     seen: list[str] = []
@@ -216,9 +235,23 @@ async def fetch(
                 if len(seen) == 1:
                     raise
                 raise ScrapeError(exc.kind, f"redirect to {current}: {exc}", transient=exc.transient) from None
-            async with host_gate(host, settings).slot(settings.politeness_delay):
+            site = target.netloc.decode("ascii")  # host[:port]: the schedule's key
+            wait = await polite.take_turn(site, settings.politeness_delay)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            async with host_gate(host, settings).slot(0):
                 started = time.monotonic()
-                answer = await _exchange(client, target, addresses, settings, budget)
+                try:
+                    answer = await _exchange(client, target, addresses, settings, budget)
+                except ScrapeError as exc:
+                    if exc.retry_after is None:
+                        raise
+                    pause = min(exc.retry_after, settings.max_retry_after)
+                    await polite.hold_off(site, pause)
+                    raise ScrapeError(
+                        exc.kind, f"{exc} (Retry-After {exc.retry_after:g}s: {host} is left alone for {pause:g}s)",
+                        transient=exc.transient, retry_after=exc.retry_after,
+                    ) from None
                 budget -= time.monotonic() - started
             if isinstance(answer, Page):
                 return attrs.evolve(answer, url=seen[0], redirects=tuple(seen[1:]))
@@ -254,7 +287,7 @@ async def _exchange(
         "Host": host_header,
         "User-Agent": settings.user_agent,
         "Accept": "text/html,application/xhtml+xml,text/plain;q=0.9,*/*;q=0.1",
-        "Accept-Encoding": "gzip, deflate",
+        "Accept-Encoding": ", ".join(e for e in ("gzip", "deflate", "br") if e in DECODABLE_ENCODINGS),
     }
     last_error: Exception | None = None
     try:
@@ -279,7 +312,7 @@ async def _exchange(
     except httpx.TimeoutException as exc:
         raise _timeout(f"timed out: {type(exc).__name__}") from None
     except httpx.HTTPError as exc:
-        raise ScrapeError("network", f"{type(exc).__name__}: {exc}", transient=True) from None
+        raise ScrapeError("network", network_reason(exc), transient=True) from None
     raise ScrapeError("connect", f"cannot connect to {target.host}: {last_error}", transient=True)
 
 
@@ -292,12 +325,19 @@ async def _read(response: httpx.Response, url: str, settings: ScrapeSettings) ->
         return location
     if status >= 400:
         transient = status >= 500 or status in TRANSIENT_STATUSES
-        raise ScrapeError("http_status", f"HTTP {status} {response.reason_phrase}".rstrip(), transient=transient)
+        retry_after = parse_retry_after(response.headers.get("retry-after")) if status in (429, 503) else None
+        raise ScrapeError("http_status", f"HTTP {status} {response.reason_phrase}".rstrip(), transient=transient,
+                          retry_after=retry_after)
     if not 200 <= status < 300 or status in (204, 205):
         raise ScrapeError("http_status", f"HTTP {status} {response.reason_phrase}: no page to read".rstrip())
     media_type, charset = _content_type(response.headers.get("content-type", ""))
     if media_type and media_type not in HTML_TYPES | TEXT_TYPES:
         raise ScrapeError("not_html", f"content type {media_type} is not HTML or plain text")
+    encodings = [e.strip() for e in response.headers.get("content-encoding", "").lower().split(",") if e.strip()]
+    unknown = [e for e in encodings if e not in DECODABLE_ENCODINGS]
+    if unknown:
+        names = ", ".join(ENCODING_NAMES.get(e, e) for e in unknown)
+        raise ScrapeError("unsupported_encoding", f"the body is compressed with {names}, which cannot be decoded here")
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > settings.max_bytes:
         raise ScrapeError("too_large", f"the body is {int(declared)} bytes, over the {settings.max_bytes}-byte limit")
@@ -314,6 +354,43 @@ async def _read(response: httpx.Response, url: str, settings: ScrapeSettings) ->
     if not media_type:
         media_type = "text/html" if b"<html" in body[:4096].lower() else "text/plain"
     return Page(url=url, final_url=url, status_code=status, media_type=media_type, charset=charset, body=body)
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date); ``None`` if absent or bad."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return float(int(text))
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
+
+
+#: What an httpx network error with no message of its own means.
+_NETWORK_ERRORS = {
+    "ReadError": "the connection was reset or closed while reading the answer",
+    "WriteError": "the connection was reset or closed while sending the request",
+    "RemoteProtocolError": "the server closed the connection without a complete answer",
+    "ConnectError": "the connection could not be made",
+}
+
+
+def network_reason(exc: BaseException) -> str:
+    """A reason for a network error that is never empty: the first message in its chain, else what it means."""
+    name = type(exc).__name__
+    cause: BaseException | None = exc
+    while cause is not None:
+        message = str(cause).strip()
+        if message:
+            return f"{name}: {message}"
+        cause = cause.__cause__ or cause.__context__
+    return f"{name}: {_NETWORK_ERRORS.get(name, 'the connection failed')}"
 
 
 def _timeout(reason: str) -> ScrapeError:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .extract import extract_article
 from .fetch import Page, Resolver, fetch
 from .languages import AUTO, detect_language, language_code
+from .polite import Politeness, RedisPoliteness
 from .settings import PLUGIN_NAME, ScrapeSettings
 from .summarise import summarise
 from .urls import ScrapeRequest
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 #: Bump when the shape of a result changes, so old cached results are not served.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 async def scrape(
@@ -30,9 +31,10 @@ async def scrape(
     *,
     resolver: Resolver | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    politeness: Politeness | None = None,
 ) -> dict[str, Any]:
     """Fetch, extract and summarise one page: the task's result. Raises :class:`~.fetch.ScrapeError`."""
-    page = await fetch(request.url, settings, resolver=resolver, transport=transport)
+    page = await fetch(request.url, settings, resolver=resolver, transport=transport, politeness=politeness)
     # Parsing and ranking are CPU work: off the event loop, so the spore keeps beating and fetching.
     return await asyncio.to_thread(summarise_page, page, request)
 
@@ -42,7 +44,8 @@ def summarise_page(page: Page, request: ScrapeRequest) -> dict[str, Any]:
     article = extract_article(page)
     language = detect_language(article.text) if request.language == AUTO else request.language
     return {
-        "url": request.url,
+        "url": request.as_given,
+        "canonical_url": request.url,
         "final_url": page.final_url,
         "title": article.title,
         "date": article.date,
@@ -50,6 +53,7 @@ def summarise_page(page: Page, request: ScrapeRequest) -> dict[str, Any]:
         "summary": summarise(article.text, request.sentences, language),
         "status_code": page.status_code,
         "media_type": page.media_type,
+        **(article.charset.record() if article.charset else {}),
         "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "cached": False,
     }
@@ -65,6 +69,11 @@ def error_record(url: str, reason: str, kind: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
+def hive_politeness(redis: Redis, config: HiveConfig) -> RedisPoliteness:
+    """The per-host schedule every spore of this hive shares (``HIVE_KEY_PREFIX:scrape:host:HOST``)."""
+    return RedisPoliteness(redis, f"{config.key_prefix}:{PLUGIN_NAME}")
+
+
 def cache_key(config: HiveConfig, request: ScrapeRequest) -> str:
     digest = hashlib.sha256(f"{request.url}\n{request.sentences}\n{request.language}".encode()).hexdigest()
     return f"{config.key_prefix}:{PLUGIN_NAME}:v{CACHE_VERSION}:{digest}"
@@ -78,7 +87,8 @@ async def cached_result(redis: Redis, config: HiveConfig, request: ScrapeRequest
         value = json.loads(raw)
     except ValueError:
         return None
-    return {**value, "cached": True} if isinstance(value, dict) else None
+    # The cache is shared by every spelling of a URL; the result names the one this request used.
+    return {**value, "url": request.as_given, "cached": True} if isinstance(value, dict) else None
 
 
 async def store_result(

@@ -8,8 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import attrs
-from hive_framework import HiveConfig
-from hive_framework.config import non_negative, positive, read_plugin_settings
+from hive_framework import HiveConfig, non_negative, positive, read_plugin_settings
 
 #: The plugin's name: its entry point, its config section and its Redis key segment.
 PLUGIN_NAME = "scrape"
@@ -55,6 +54,7 @@ class ScrapeSettings:
     max_bytes: int = attrs.field(default=2_000_000, validator=positive)
     per_host_concurrency: int = attrs.field(default=2, validator=positive)
     politeness_delay: float = attrs.field(default=1.0, validator=non_negative)
+    max_retry_after: float = attrs.field(default=120.0, validator=non_negative)
     allow_hosts: tuple[str, ...] = attrs.field(default=(), validator=_host_list)
     cache_ttl: float = attrs.field(default=86_400.0, validator=non_negative)
 

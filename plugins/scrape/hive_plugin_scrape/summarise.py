@@ -28,8 +28,20 @@ ABBREVIATIONS = frozenset(f"{_ENGLISH_ABBREVIATIONS} {_POLISH_ABBREVIATIONS}".sp
 # Closing and opening quotes and brackets, typographic ones included, as escapes.
 _CLOSERS = "\"'\u201d\u2019\u00bb)]"
 _OPENERS = "\"'\u201c\u201e\u00ab\u2018([\u00bf\u00a1"
-_BOUNDARY = re.compile(r"[.!?\u2026]+[" + re.escape(_CLOSERS) + r"]*\s+")
-_TERMINAL = re.compile(r"[.!?\u2026][" + re.escape(_CLOSERS) + r"]*$")
+# A dialogue dash (en or em dash) opens a reply after a sentence, as in Polish: skipped like an opening quote.
+_DASHES = "\u2013\u2014"
+# Terminal punctuation, then closing quotes (French puts a space before "»"), then space; or punctuation glued to
+# the next word by markup ("physician.Police": two elements whose text the extractor joined without a space).
+_CLOSE_ONLY = "\u201d\u00bb)]"  # closers that never open: "lundi. »Les" (glued by markup) ends at the "»"
+_NEXT_WORD = r"(?=[" + re.escape(_OPENERS + _DASHES) + r"]?\s?[^\W\d_])"
+_BOUNDARY = re.compile(
+    r"[.!?\u2026]+(?:(?:\s*[" + re.escape(_CLOSERS) + r"])*\s*[" + re.escape(_CLOSE_ONLY) + r"]" + _NEXT_WORD
+    + r"|(?:\s*[" + re.escape(_CLOSERS) + r"])*\s+"
+    + r"|(?:\s*[" + re.escape(_CLOSERS) + r"])*" + _NEXT_WORD + r")"
+)
+_TERMINAL = re.compile(r"[.!?\u2026](?:\s*[" + re.escape(_CLOSERS) + r"])*$")
+#: A list item's marker as the extractor writes it ("- item"), not part of the sentence.
+_BULLET = re.compile(r"^[-*\u2022]\s+")
 
 MIN_WORDS = 4
 MAX_CANDIDATES = 300
@@ -50,10 +62,13 @@ def split_sentences(text: str) -> list[str]:
 
 
 def _ends_sentence(line: str, start: int, match: re.Match[str]) -> bool:
-    following = line[match.end() :].lstrip(_OPENERS)
+    rest = line[match.end() :]
+    if not match.group()[-1].isspace() and not _glued_boundary(line, match):
+        return False
+    following = rest.lstrip(_OPENERS + _DASHES + " \u00a0\u202f\t")
     if not following or not (following[0].isupper() or following[0].isdigit()):
         return False
-    punctuation = match.group().rstrip()
+    punctuation = "".join(match.group().split())
     if punctuation.rstrip(_CLOSERS) != ".":
         return True  # "!", "?", "...": a boundary whenever a capital follows
     word = line[start : match.start()].rsplit(None, 1)[-1] if line[start : match.start()].strip() else ""
@@ -61,6 +76,23 @@ def _ends_sentence(line: str, start: int, match: re.Match[str]) -> bool:
     if len(word) == 1 and word.isupper():
         return False  # an initial: "J. Smith"
     return word.lower() not in ABBREVIATIONS
+
+
+def _glued_boundary(line: str, match: re.Match[str]) -> bool:
+    """``physician.Police``, ``cars.A``, ``klubu.`` + dash + ``Trzeba``: a lower-case word, terminal punctuation, then a
+    capital (after any quote or dash) with no space right after the punctuation. Not ``U.S.Army``, ``e.g.Foo``
+    or ``file.PDF``."""
+    before = line[: match.start()]
+    after = line[match.end() :].lstrip(_OPENERS + _DASHES + " ")
+    return (
+        len(before) >= 2 and before[-1].islower() and before[-2].isalpha()
+        and bool(after) and after[0].isupper() and (len(after) == 1 or not after[1].isupper())
+    )
+
+
+def strip_bullet(sentence: str) -> str:
+    """``sentence`` without a leading list marker ("- A list item." -> "A list item.")."""
+    return _BULLET.sub("", sentence, count=1)
 
 
 def is_candidate(sentence: str) -> bool:
@@ -80,7 +112,7 @@ def summarise(text: str, count: int, language: str | None = None) -> list[str]:
     """
     if count < 1:
         return []
-    sentences = split_sentences(text)
+    sentences = _unique(strip_bullet(s) for s in split_sentences(text))
     candidates = [s for s in sentences if is_candidate(s)] or sentences
     candidates = candidates[:MAX_CANDIDATES]
     if len(candidates) <= count:
@@ -90,6 +122,18 @@ def summarise(text: str, count: int, language: str | None = None) -> list[str]:
     scores = _textrank(bags) or _frequency(bags)
     ranked = sorted(range(len(candidates)), key=lambda i: (-scores[i], i))[:count]
     return [candidates[i] for i in sorted(ranked)]
+
+
+def _unique(sentences: Iterable[str]) -> list[str]:
+    """Each sentence once (the first time it occurs): a pull quote or a repeated teaser is one sentence."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for sentence in sentences:
+        key = normalise_space(sentence)
+        if sentence and key not in seen:
+            seen.add(key)
+            out.append(sentence)
+    return out
 
 
 def _textrank(bags: list[set[str]]) -> list[float] | None:

@@ -28,11 +28,21 @@ class InvalidPayload(ValueError):
 
 @attrs.frozen
 class ScrapeRequest:
-    """One page to scrape: the canonical URL, how many sentences and which language's stop words."""
+    """One page to scrape: the canonical URL, how many sentences and which language's stop words.
+
+    ``given`` is the URL exactly as the payload gave it: results and the digest are keyed by it, so
+    ``reduced[url]`` works for the very strings passed to map-reduce (with a fragment, without a trailing
+    slash...). The canonical ``url`` is what is fetched and cached.
+    """
 
     url: str
     sentences: int = DEFAULT_SENTENCES
     language: str = "auto"
+    given: str = attrs.field(default="", eq=False)
+
+    @property
+    def as_given(self) -> str:
+        return self.given or self.url
 
 
 def parse_url(value: object) -> str:
@@ -115,9 +125,9 @@ def parse_payload(payload: object) -> ScrapeRequest:
     if unknown:
         raise InvalidPayload(f"unknown payload key(s) {', '.join(unknown)}; known: {', '.join(sorted(PAYLOAD_KEYS))}")
     if "url" in payload:
-        url = parse_url(payload["url"])
+        given, url = payload["url"], parse_url(payload["url"])
     elif "item" in payload:
-        url = parse_url(payload["item"])
+        given, url = payload["item"], parse_url(payload["item"])
     else:
         raise InvalidPayload('the payload has no "url" (or map-reduce "item")')
     description = payload.get("description", "")
@@ -131,7 +141,7 @@ def parse_payload(payload: object) -> ScrapeRequest:
         language = normalise_language(language)
     except ValueError as exc:
         raise InvalidPayload(str(exc)) from None
-    return ScrapeRequest(url=url, sentences=sentences or DEFAULT_SENTENCES, language=language)
+    return ScrapeRequest(url=url, sentences=sentences or DEFAULT_SENTENCES, language=language, given=given)
 
 
 def _sentences(value: Any) -> int:

@@ -7,6 +7,8 @@ cases use other loopback addresses (127.0.0.2) or a resolver/transport that neve
 from __future__ import annotations
 
 import contextlib
+import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -14,6 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+import brotli
 
 PAGES = Path(__file__).parent / "pages"
 EN_PAGE = PAGES / "en_bees.html"
@@ -147,6 +151,29 @@ class ArticleServer:
             h.send_header("Content-Type", "text/html")
             h.send_header("Content-Length", "50000000")
             h.end_headers()
+        elif path == "/busy":  # 429 with Retry-After: ?after=SECONDS
+            h.send_response(429)
+            h.send_header("Retry-After", query.get("after", ["1"])[0])
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+        elif path == "/reset":  # read the request, then reset the connection (RST, no answer)
+            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            h.connection.close()
+        elif path == "/brotli":  # compressed with brotli whatever the request accepted
+            body = brotli.compress(EN_PAGE.read_bytes())
+            h.send_response(200)
+            h.send_header("Content-Type", "text/html; charset=utf-8")
+            h.send_header("Content-Encoding", "br")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body)
+        elif path == "/zstd":
+            h.send_response(200)
+            h.send_header("Content-Type", "text/html")
+            h.send_header("Content-Encoding", "zstd")
+            h.send_header("Content-Length", "4")
+            h.end_headers()
+            h.wfile.write(b"\x28\xb5\x2f\xfd")
         elif path == "/binary":
             self.send(h, 200, bytes(range(256)) * 64, "application/octet-stream")
         elif path == "/fake-html":

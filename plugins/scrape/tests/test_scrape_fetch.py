@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
 import httpx
 import pytest
 
-from hive_plugin_scrape.fetch import HostGate, ScrapeError, fetch
+from hive_plugin_scrape.fetch import HostGate, ScrapeError, fetch, network_reason, parse_retry_after
 from hive_plugin_scrape.settings import ScrapeSettings
 
 from scrape_helpers import TEST_SETTINGS, ArticleServer
@@ -226,3 +227,65 @@ async def test_fetches_to_one_host_are_spaced_by_the_politeness_delay(server: Ar
     await asyncio.gather(*(fetch(server.url(f"/en/bees?n={i}"), polite) for i in range(3)))
     gaps = [b - a for a, b in itertools.pairwise(server.arrivals)]
     assert len(gaps) == 2 and all(gap >= 0.1 for gap in gaps), gaps  # 0.15 s, less network jitter
+
+
+# --------------------------------------------------------------------------------------------------
+# Retry-After, resets, compression (issue 21 item 6)
+# --------------------------------------------------------------------------------------------------
+
+
+async def test_retry_after_holds_the_host_off_for_every_later_request(server: ArticleServer) -> None:
+    settings = ScrapeSettings.from_mapping({**TEST_SETTINGS, "max_retry_after": 30})
+    # Given a server answering 429 with Retry-After: 1
+    error = await failure(server.url("/busy?after=1"), settings)
+    assert (error.kind, error.transient, error.retry_after) == ("http_status", True, 1.0)
+    assert "Retry-After 1s" in error.reason and "left alone for 1s" in error.reason
+    # When the next page of that host is fetched, Then it is not requested before the second is up
+    await fetch(server.url("/en/bees"), settings)
+    assert server.arrivals[1] - server.arrivals[0] >= 0.9
+
+
+async def test_retry_after_is_capped(server: ArticleServer) -> None:
+    settings = ScrapeSettings.from_mapping({**TEST_SETTINGS, "max_retry_after": 0.2})
+    error = await failure(server.url("/busy?after=3600"), settings)
+    assert "left alone for 0.2s" in error.reason
+    started = time.monotonic()
+    await fetch(server.url("/en/bees"), settings)
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("120", 120.0), (" 5 ", 5.0), ("Sun, 06 Dec 2026 05:01:00 GMT", 60.0), ("Sun, 06 Dec 2026 04:00:00 GMT", 0.0),
+    ("soon", None), ("", None), (None, None), ("-3", None),
+])
+def test_retry_after_values(value: str | None, seconds: float | None) -> None:
+    now = datetime(2026, 12, 6, 5, 0, tzinfo=UTC)
+    assert parse_retry_after(value, now=now) == seconds
+
+
+async def test_a_connection_reset_says_so(server: ArticleServer, settings: ScrapeSettings) -> None:
+    error = await failure(server.url("/reset"), settings)
+    assert error.kind in ("network", "connect") and error.transient
+    assert error.reason.split(":", 1)[1].strip(), error.reason  # a message after the exception's name
+    assert "reset" in error.reason.lower() or "closed" in error.reason.lower() or "disconnect" in error.reason.lower()
+
+
+async def test_brotli_sent_unasked_is_decoded(server: ArticleServer, settings: ScrapeSettings) -> None:
+    page = await fetch(server.url("/brotli"), settings)
+    assert page.body.startswith(b"<!") or b"<html" in page.body[:200].lower()
+
+
+async def test_an_encoding_that_cannot_be_decoded_is_named(server: ArticleServer, settings: ScrapeSettings) -> None:
+    error = await failure(server.url("/zstd"), settings)
+    assert (error.kind, error.reason) == (
+        "unsupported_encoding", "the body is compressed with Zstandard (zstd), which cannot be decoded here")
+
+
+def test_a_network_error_without_a_message_is_explained() -> None:
+    # httpcore raises ReadError("") when the peer resets a TLS or keep-alive connection: the reason was "ReadError: "
+    bare = httpx.ReadError("")
+    bare.__cause__ = ConnectionResetError()
+    assert network_reason(bare) == "ReadError: the connection was reset or closed while reading the answer"
+    wrapped = httpx.ReadError("")
+    wrapped.__cause__ = ConnectionResetError(104, "Connection reset by peer")
+    assert network_reason(wrapped) == "ReadError: [Errno 104] Connection reset by peer"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import functools
 import ipaddress
 import string
@@ -14,9 +15,10 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from hive_plugin_scrape import DIGEST, TASK_TYPE
-from hive_plugin_scrape.fetch import ScrapeError, check_addresses, is_public
+from hive_plugin_scrape.charset import decode_body
+from hive_plugin_scrape.fetch import ScrapeError, check_addresses, is_public, parse_retry_after
 from hive_plugin_scrape.settings import ScrapeSettings
-from hive_plugin_scrape.summarise import is_candidate, split_sentences, summarise
+from hive_plugin_scrape.summarise import is_candidate, split_sentences, strip_bullet, summarise
 from hive_plugin_scrape.urls import (
     DEFAULT_SENTENCES,
     MAX_SENTENCES,
@@ -302,9 +304,32 @@ def test_a_summary_is_at_most_n_of_the_texts_own_sentences_in_order(
     text: str, count: int, language: str | None
 ) -> None:
     summary = summarise(text, count, language)
-    sentences = split_sentences(text)
+    sentences = [strip_bullet(s) for s in split_sentences(text)]
     assert len(summary) <= count
+    assert len(set(summary)) == len(summary)  # a repeated sentence is offered once
     remaining = iter(sentences)
     assert all(any(s == t for t in remaining) for s in summary)  # sentences of the text, in the text's order
-    if len([s for s in sentences if is_candidate(s)]) >= count:
+    if len({s for s in sentences if is_candidate(s)}) >= count:
         assert len(summary) == count
+
+
+# --------------------------------------------------------------------------------------------------
+# Wire input of issue 21: Retry-After headers and bodies in any charset
+# --------------------------------------------------------------------------------------------------
+
+
+@given(st.text(max_size=60) | st.integers(0, 10**9).map(str))
+@example("Wed, 21 Oct 2015 07:28:00 GMT")
+@example("99999999999999999999999")
+def test_any_retry_after_header_gives_none_or_a_non_negative_delay(value: str) -> None:
+    seconds = parse_retry_after(value)
+    assert seconds is None or seconds >= 0
+
+
+@given(st.binary(max_size=400), st.none() | st.sampled_from(["utf-8", "iso-8859-1", "cp1250", "bogus", "UTF8"]),
+       st.booleans())
+def test_any_body_decodes_with_a_recorded_decision(body: bytes, header: str | None, is_html: bool) -> None:
+    decoded = decode_body(body, header, is_html=is_html)
+    assert isinstance(decoded.text, str)
+    assert decoded.decision in {"declared", "utf-8", "detected", "default", "replaced"}
+    assert codecs.lookup(decoded.charset)

@@ -106,3 +106,21 @@ async def test_the_alias_dict_items_and_bad_payloads(hive: Hive, run_spore: Any,
     bad = await hive.run(TASK_TYPE, {"url": "file:///etc/passwd"}, timeout=30)
     assert bad == {"url": "file:///etc/passwd", "error": bad["error"], "error_kind": "invalid_payload"}
     assert "only http and https" in bad["error"] and server.count() == before
+
+
+async def test_the_digest_is_keyed_by_the_urls_as_given(hive: Hive, run_spore: Any, server: ArticleServer) -> None:
+    # Given URLs spelled the ways people write them: a fragment, no trailing slash, upper-case host
+    await run_spore(name="scraper", concurrency=4)
+    base = server.url("")
+    urls = [server.url("/en/bees#comments"), f"HTTP://127.0.0.1:{server.port}", server.url("/en/bees")]
+    # When they are summarised
+    report = await map_reduce(hive, "summarise in 1 sentence", urls)
+    # Then reduced[url] works for each URL exactly as given
+    digest = report["reduced"]
+    assert list(digest) == urls
+    assert digest[urls[0]]["summary"] and digest[urls[2]]["summary"]
+    assert digest[urls[1]]["error_kind"] == "http_status"  # "/" is the server's 404
+    # and a result names its URL as given beside the canonical one
+    results = {r["item"]: r["result"] for r in report["results"]}
+    assert results[urls[0]]["url"] == urls[0]
+    assert results[urls[0]]["canonical_url"] == base + "/en/bees"

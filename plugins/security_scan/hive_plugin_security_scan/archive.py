@@ -27,6 +27,7 @@ from hive_framework import HiveConfig
 from redis.exceptions import WatchError
 
 from .findings import Skipped
+from .paths import BadWirePath, from_wire, to_wire
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -48,13 +49,17 @@ class ManifestEntry:
     size: int
 
     def to_list(self) -> list[Any]:
-        return [self.path, self.sha256, self.size]
+        return [to_wire(self.path), self.sha256, self.size]
 
     @classmethod
     def from_list(cls, raw: Any) -> ManifestEntry:
         if not (isinstance(raw, list | tuple) and len(raw) == 3):
             raise UnsafeArchive(f"bad manifest entry {raw!r}: expected [path, sha256, size]")
-        path, digest, size = raw
+        wire_path, digest, size = raw
+        try:
+            path = from_wire(wire_path)
+        except BadWirePath as exc:
+            raise UnsafeArchive(str(exc)) from None
         if not isinstance(digest, str) or len(digest) != 64 or isinstance(size, bool) or not isinstance(size, int):
             raise UnsafeArchive(f"bad manifest entry {raw!r}")
         return cls(check_member_path(path), digest, size)
@@ -102,7 +107,7 @@ def pack(root: Path, paths: Sequence[str]) -> tuple[PackedShard, list[Skipped]]:
             try:
                 data = (root / check_member_path(path)).read_bytes()
             except OSError as exc:
-                skipped.append(Skipped(path=path, reason=f"unreadable: {exc.strerror or exc}"))
+                skipped.append(Skipped(path=path, reason=f"unreadable: {exc.strerror or exc}", kind="unreadable"))
                 continue
             info = tarfile.TarInfo(path)
             info.size = len(data)

@@ -9,6 +9,11 @@ from typing import Any
 
 import attrs
 
+from .paths import display, from_wire, is_clean, to_wire
+
+#: Beside ``path`` in a finding's or skipped file's dict when the name is not UTF-8: its exact bytes, base64.
+PATH_BYTES = "path_bytes_b64"
+
 #: Severities from least to most severe; ``--fail-on`` and sorting use this order.
 SEVERITIES = ("low", "medium", "high")
 #: The reducer that merges shard results (the ``security_scan`` task type's default reducer).
@@ -47,21 +52,27 @@ class Finding:
     help_url: str = ""
     #: Stable across line moves: a hash of tool, rule, path and the flagged line's text.
     fingerprint: str = ""
+    #: Tells apart distinct findings of one rule on one line (two keys on one line): a short hash of what
+    #: matched (for detect-secrets, of the secret's own hash), never the value. Empty when the tool's
+    #: column already does.
+    match_id: str = ""
+    #: For a finding in git history (``hive scan --history``): the commit that added the blob.
+    commit: str = ""
 
-    def key(self) -> tuple[str, str, str, int, int]:
+    def key(self) -> tuple[str, str, str, int, int, str, str]:
         """Two findings with the same key are the same finding (kept once)."""
-        return (self.tool, self.rule, self.path, self.line, self.column)
+        return (self.tool, self.rule, self.path, self.line, self.column, self.match_id, self.commit)
 
     def sort_key(self) -> tuple[int, str, int, int, str, str]:
         """Most severe first, then by place."""
         return (-severity_rank(self.severity), self.path, self.line, self.column, self.tool, self.rule)
 
     def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        return _path_out(attrs.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Finding:
-        return cls(**data)
+        return cls(**_path_in(data))
 
 
 @attrs.frozen(kw_only=True)
@@ -70,20 +81,55 @@ class Skipped:
 
     path: str
     reason: str
+    #: Why, as a word: "binary", "symlink", "too-large", "unreadable", "scanner" (a scanner could not parse
+    #: it). Files skipped as too large or unreadable make a scan incomplete (exit status 3).
+    kind: str = "other"
+
+    @property
+    def incomplete(self) -> bool:
+        """True when skipping this file means part of the tree was not scanned at all."""
+        return self.kind in INCOMPLETE_KINDS
 
     def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        return _path_out(attrs.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Skipped:
+        return cls(**_path_in(data))
 
 
-def fingerprint(tool: str, rule: str, path: str, line_text: str) -> str:
+#: Skip kinds that leave part of the tree unscanned.
+INCOMPLETE_KINDS = frozenset({"too-large", "unreadable"})
+
+
+def _path_out(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with a printable ``path``, plus its exact bytes (base64) when the name is not UTF-8."""
+    path = data["path"]
+    if not is_clean(path):
+        wire = to_wire(path)
+        assert isinstance(wire, dict)
+        data = {**data, "path": display(path), PATH_BYTES: wire["b64"]}
+    return data
+
+
+def _path_in(data: dict[str, Any]) -> dict[str, Any]:
+    """The reverse of :func:`_path_out`: the exact path back from its bytes when they are given."""
+    data = dict(data)
+    raw = data.pop(PATH_BYTES, None)
+    data["path"] = from_wire({"b64": raw}) if raw is not None else from_wire(data["path"])
+    return data
+
+
+def fingerprint(tool: str, rule: str, path: str, line_text: str, match_id: str = "") -> str:
     """A hash identifying a finding by what the line says rather than where it is."""
     normalised = " ".join(line_text.split())
-    return hashlib.sha256(f"{tool}\0{rule}\0{path}\0{normalised}".encode()).hexdigest()[:32]
+    text = f"{tool}\0{rule}\0{path}\0{normalised}" + (f"\0{match_id}" if match_id else "")
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 def merge_findings(findings: Iterable[Finding]) -> list[Finding]:
     """De-duplicate (by :meth:`Finding.key`) and sort, most severe first."""
-    unique: dict[tuple[str, str, str, int, int], Finding] = {}
+    unique: dict[tuple[str, str, str, int, int, str, str], Finding] = {}
     for finding in findings:
         unique.setdefault(finding.key(), finding)
     return sorted(unique.values(), key=Finding.sort_key)
@@ -110,8 +156,9 @@ def reduce_shard_results(results: list[Any]) -> dict[str, Any]:
         if not isinstance(result, dict):
             continue
         findings.extend(Finding.from_dict(f) for f in result.get("findings", []))
-        for entry in result.get("skipped", []):
-            skipped.setdefault(entry["path"] + "\0" + entry["reason"], Skipped(**entry))
+        for raw in result.get("skipped", []):
+            entry = Skipped.from_dict(raw)
+            skipped.setdefault(entry.path + "\0" + entry.reason, entry)
         files += int(result.get("files", 0))
         sources[str(result.get("source", "?"))] += 1
         nodes[str(result.get("node", "?"))] += 1

@@ -10,6 +10,7 @@ from urllib.parse import quote
 import click
 
 from .findings import Finding, severity_rank
+from .paths import display, fs_bytes
 
 if TYPE_CHECKING:
     from .job import ScanReport
@@ -49,7 +50,8 @@ def render_table(report: ScanReport, *, colour: bool = False) -> str:
     """One row per finding, most severe first, then the summary line."""
     lines = []
     if report.findings:
-        rows = [(f.severity, f.rule, f"{f.path}:{f.line}", f.message) for f in report.findings]
+        rows = [(f.severity, f.rule, f"{display(f.path)}:{f.line}" + (f" @{f.commit[:12]}" if f.commit else ""),
+                 f.message) for f in report.findings]
         headers = ("SEVERITY", "RULE", "LOCATION")
         widths = [max(len(header), *(len(row[i]) for row in rows)) for i, header in enumerate(headers)]
         lines.append(f"{'SEVERITY':<{widths[0]}}  {'RULE':<{widths[1]}}  {'LOCATION':<{widths[2]}}  ISSUE")
@@ -61,6 +63,10 @@ def render_table(report: ScanReport, *, colour: bool = False) -> str:
         lines.append("")
     for failure in report.failures:
         lines.append(f"NOT SCANNED: {failure}")
+    for skipped in report.not_scanned:
+        lines.append(f"NOT SCANNED: {display(skipped.path)}: {skipped.reason}")
+    for excluded in report.excluded:
+        lines.append(f"EXCLUDED: {display(excluded.path)} (pattern {excluded.pattern!r}, {excluded.source})")
     lines.append(report.summary_line())
     return "\n".join(lines)
 
@@ -101,13 +107,14 @@ def _result(finding: Finding, rule_index: int) -> dict[str, Any]:
         "locations": [
             {
                 "physicalLocation": {
-                    "artifactLocation": {"uri": quote(finding.path), "uriBaseId": "SRCROOT"},
+                    "artifactLocation": {"uri": quote(fs_bytes(finding.path)), "uriBaseId": "SRCROOT"},
                     "region": region,
                 }
             }
         ],
         "partialFingerprints": {"hiveSecurityScan/v1": finding.fingerprint},
-        "properties": {"tool": finding.tool, "severity": finding.severity, "confidence": finding.confidence},
+        "properties": {"tool": finding.tool, "severity": finding.severity, "confidence": finding.confidence}
+        | ({"commit": finding.commit} if finding.commit else {}),
     }
 
 
@@ -120,6 +127,9 @@ def to_sarif(report: ScanReport) -> dict[str, Any]:
     index = {rule_id: i for i, rule_id in enumerate(rule_ids)}
     notifications = [
         {"level": "error", "message": {"text": f"shard not scanned: {failure}"}} for failure in report.failures
+    ] + [
+        {"level": "error", "message": {"text": f"file not scanned: {display(s.path)}: {s.reason}"}}
+        for s in report.not_scanned
     ]
     return {
         "$schema": SARIF_SCHEMA,
@@ -143,6 +153,7 @@ def to_sarif(report: ScanReport) -> dict[str, Any]:
                     "counts": report.counts,
                     "filesScanned": report.files_scanned,
                     "skipped": [s.to_dict() for s in report.skipped],
+                    "excluded": [e.to_dict() for e in report.excluded],
                 },
             }
         ],

@@ -8,6 +8,7 @@ here touches the network: detect-secrets' optional online verification is never 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
@@ -20,6 +21,8 @@ import attrs
 from . import dependencies
 from .findings import Finding, Skipped, fingerprint, merge_findings
 
+#: The scanners, by the name their findings carry as ``tool``.
+SCANNERS = ("bandit", "detect-secrets", "dependencies")
 PYTHON_SUFFIXES = (".py", ".pyw")
 #: bandit's hard-coded password rules, whose messages quote the value found.
 PASSWORD_RULES = frozenset({"B105", "B106", "B107"})
@@ -47,13 +50,19 @@ class ScanResult:
     skipped: list[Skipped]
 
 
-def scan_files(base: Path, paths: Sequence[str]) -> ScanResult:
-    """Scan ``base / path`` for each path with every scanner; findings name paths relative to ``base``."""
+def scan_files(base: Path, paths: Sequence[str], scanners: Sequence[str] = ()) -> ScanResult:
+    """Scan ``base / path`` for each path with every scanner (or those named in ``scanners``); findings
+    name paths relative to ``base``."""
     ordered = sorted(set(paths))
+    run = set(scanners or SCANNERS)
     skipped: list[Skipped] = []
-    found = run_bandit(base, [p for p in ordered if p.endswith(PYTHON_SUFFIXES)], skipped)
-    found += run_detect_secrets(base, ordered)
-    found += run_dependency_checks(base, [p for p in ordered if dependencies.is_dependency_file(p)], skipped)
+    found: list[Finding] = []
+    if "bandit" in run:
+        found += run_bandit(base, [p for p in ordered if p.endswith(PYTHON_SUFFIXES)], skipped)
+    if "detect-secrets" in run:
+        found += run_detect_secrets(base, ordered)
+    if "dependencies" in run:
+        found += run_dependency_checks(base, [p for p in ordered if dependencies.is_dependency_file(p)], skipped)
     return ScanResult(findings=merge_findings(_with_fingerprints(base, found)), skipped=skipped)
 
 
@@ -69,7 +78,8 @@ def _with_fingerprints(base: Path, findings: list[Finding]) -> list[Finding]:
                 cache[finding.path] = []
         lines = cache[finding.path]
         line_text = lines[finding.line - 1] if 0 < finding.line <= len(lines) else ""
-        out.append(attrs.evolve(finding, fingerprint=fingerprint(finding.tool, finding.rule, finding.path, line_text)))
+        out.append(attrs.evolve(finding, fingerprint=fingerprint(finding.tool, finding.rule, finding.path, line_text,
+                                                                     finding.match_id)))
     return out
 
 
@@ -108,7 +118,7 @@ def run_bandit(base: Path, paths: Sequence[str], skipped: list[Skipped]) -> list
     manager.files_list = [str(base / p) for p in paths]
     manager.run_tests()
     for filename, reason in manager.get_skipped():
-        skipped.append(Skipped(path=_relative(base, filename), reason=f"bandit: {reason}"))
+        skipped.append(Skipped(path=_relative(base, filename), reason=f"bandit: {reason}", kind="scanner"))
     findings = []
     for issue in manager.get_issue_list():
         findings.append(
@@ -160,9 +170,10 @@ def run_detect_secrets(base: Path, paths: Sequence[str]) -> list[Finding]:
         collection = SecretsCollection(root=str(base))
         for path in paths:
             collection.scan_file(path)
-        found = [(str(filename), secret.type, secret.line_number) for filename, secret in collection]
+        found = [(str(filename), secret.type, secret.line_number, _match_id(secret.secret_hash))
+                 for filename, secret in collection]
     findings = []
-    for filename, kind, line in found:
+    for filename, kind, line, match_id in found:
         plugin = plugin_of.get(kind, kind.replace(" ", ""))
         severity = SECRET_SEVERITY.get(plugin, "high")
         findings.append(
@@ -177,9 +188,16 @@ def run_detect_secrets(base: Path, paths: Sequence[str]) -> list[Finding]:
                 message=f"Possible secret: {kind}. Remove it from the code and rotate it.",
                 cwe=SECRET_CWE,
                 help_url=SECRETS_HELP_URL,
+                match_id=match_id,
             )
         )
     return findings
+
+
+def _match_id(secret_hash: str) -> str:
+    """Tells two secrets on one line apart (detect-secrets gives no column): a short hash of detect-secrets'
+    own sha1 of the secret. The value itself never leaves the scanner."""
+    return hashlib.sha256(f"hive-scan\0{secret_hash}".encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -194,5 +212,6 @@ def run_dependency_checks(base: Path, paths: Sequence[str], skipped: list[Skippe
         try:
             findings += dependencies.check_file(base, path)
         except OSError as exc:
-            skipped.append(Skipped(path=path, reason=f"dependencies: unreadable ({exc.strerror or exc})"))
+            skipped.append(Skipped(path=path, reason=f"dependencies: unreadable ({exc.strerror or exc})",
+                                   kind="unreadable"))
     return findings

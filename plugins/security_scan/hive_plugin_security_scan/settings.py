@@ -27,6 +27,11 @@ def _positive_number(inst: Any, attribute: attrs.Attribute[float], value: float)
         raise ValueError(f"{attribute.name} must be a number > 0, got {value!r}")
 
 
+def _non_negative_number(inst: Any, attribute: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{attribute.name} must be a number >= 0, got {value!r}")
+
+
 def _flag(inst: Any, attribute: attrs.Attribute[bool], value: bool) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"{attribute.name} must be true or false, got {value!r}")
@@ -53,9 +58,13 @@ class ScanSettings:
     #: Timeout of one shard's task, seconds.
     task_timeout: float = attrs.field(default=600.0, validator=_positive_number)
     #: Shards planned per spore when ``--shards`` is not given.
-    shards_per_spore: int = attrs.field(default=4, validator=_positive_int)
+    shards_per_spore: int = attrs.field(default=8, validator=_positive_int)
     #: A spore on the client's host whose files hash the same reads them in place instead of unpacking.
     read_local: bool = attrs.field(default=True, validator=_flag)
+    #: Seconds a file's cached findings are kept (0 turns the cache off).
+    cache_ttl: float = attrs.field(default=7 * 86400.0, validator=_non_negative_number)
+    #: Folder of the cache file used when the scan's Redis is private (empty: $XDG_CACHE_HOME/hive-scan).
+    cache_dir: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
     #: Extra gitignore-style patterns to leave out, relative to the scanned folder.
     exclude: tuple[str, ...] = attrs.field(default=(), converter=_patterns)
 

@@ -12,8 +12,10 @@ import attrs
 from hive_framework import TaskContext, task
 
 from .archive import ManifestEntry, UnsafeArchive, fetch, unpack, verify_local
+from .cache import scanner_versions
 from .findings import REDUCER
-from .scanners import ScanResult, scan_files
+from .paths import BadWirePath, from_wire, to_wire
+from .scanners import SCANNERS, ScanResult, scan_files
 from .settings import ScanSettings
 
 TASK_TYPE = "security_scan"
@@ -28,16 +30,19 @@ class Shard:
     root: str  #: the scanned folder on the client (absolute)
     host: str  #: the client's host name
     label: str = ""
+    #: The scanners to run (:data:`~.scanners.SCANNERS`); empty for all of them.
+    scanners: tuple[str, ...] = ()
 
     @property
     def paths(self) -> list[str]:
         return [entry.path for entry in self.manifest]
 
     def to_payload(self) -> dict[str, Any]:
-        return {
+        extra = {"scanners": list(self.scanners)} if self.scanners else {}
+        return extra | {
             "archive": self.archive,
             "manifest": [entry.to_list() for entry in self.manifest],
-            "root": self.root,
+            "root": to_wire(self.root),
             "host": self.host,
             "label": self.label,
         }
@@ -53,9 +58,10 @@ class Shard:
         return cls(
             archive=archive,
             manifest=tuple(ManifestEntry.from_list(entry) for entry in raw),
-            root=str(root),
+            root=_root(root),
             host=str(host),
             label=str(payload.get("label", "")),
+            scanners=_scanners(payload.get("scanners", [])),
         )
 
     def check_limits(self, settings: ScanSettings) -> None:
@@ -66,6 +72,19 @@ class Shard:
                 f"shard of {len(self.manifest)} files and {total} bytes is over this spore's limits "
                 f"(max_shard_files={settings.max_shard_files}, max_shard_bytes={settings.max_shard_bytes})"
             )
+
+
+def _scanners(raw: Any) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(name, str) and name in SCANNERS for name in raw):
+        raise UnsafeArchive(f"not a security_scan shard: scanners must be a list of {', '.join(SCANNERS)}")
+    return tuple(raw)
+
+
+def _root(raw: Any) -> str:
+    try:
+        return from_wire(raw)
+    except BadWirePath as exc:
+        raise UnsafeArchive(f"not a security_scan shard: {exc}") from None
 
 
 def can_read_in_place(shard: Shard, settings: ScanSettings) -> bool:
@@ -85,7 +104,7 @@ def scan_archive(data: bytes, shard: Shard) -> ScanResult:
     with tempfile.TemporaryDirectory(prefix="hive-scan-") as scratch:
         base = Path(scratch)
         unpack(data, shard.manifest, base)
-        return scan_files(base, shard.paths)
+        return scan_files(base, shard.paths, shard.scanners)
 
 
 @task(TASK_TYPE, priority="high_priority", timeout=600, max_retries=1, reducer=REDUCER)
@@ -96,7 +115,7 @@ async def security_scan(payload: dict[str, Any], context: TaskContext) -> dict[s
     shard.check_limits(settings)
     if await asyncio.to_thread(can_read_in_place, shard, settings):
         source = "local"
-        result = await asyncio.to_thread(scan_files, Path(shard.root), shard.paths)
+        result = await asyncio.to_thread(scan_files, Path(shard.root), shard.paths, shard.scanners)
     else:
         source = "archive"
         data = await fetch(context.redis, context.config, shard.archive)
@@ -108,4 +127,5 @@ async def security_scan(payload: dict[str, Any], context: TaskContext) -> dict[s
         "source": source,
         "node": context.node_name,
         "label": shard.label,
+        "versions": scanner_versions(),
     }

@@ -71,6 +71,7 @@ def no_cluster_env(tmp_path: Path) -> dict[str, str]:
     """The environment of a fresh shell: no Redis or hive settings, nothing to find in the working folder."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HIVE_", "REDIS_"))}
     env["PYTHONUNBUFFERED"] = "1"
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg-cache")  # the findings cache of private-Redis scans
     return env
 
 

@@ -29,13 +29,15 @@ from hive_plugin_security_scan.settings import ScanSettings
 from hive_plugin_security_scan.task import Shard, can_read_in_place
 
 pytestmark = pytest.mark.redis
-SUMMARY = re.compile(r"^\d+ findings? \(\d+ high, \d+ medium, \d+ low\) in \d+ files, \d+ shards? on \d+ spores?, ")
+SUMMARY = re.compile(
+    r"^\d+ findings? \(\d+ high, \d+ medium, \d+ low\) in \d+ files( \(\d+ cached\))?, \d+ shards? on \d+ spores?, "
+)
 
 
 def _archive_keys(config: HiveConfig) -> list[bytes]:
     client = redis.Redis.from_url(config.effective_redis_url())
     try:
-        return list(client.scan_iter(match=f"{config.key_prefix}:security_scan:*"))
+        return list(client.scan_iter(match=f"{config.key_prefix}:security_scan:archive:*"))
     finally:
         client.close()
 
@@ -212,7 +214,7 @@ async def test_hive_scan_on_a_configured_cluster(hive: Hive, hive_config: HiveCo
     env = {**no_cluster_env, **hive_config.to_env()}
     # Given a configured Redis where no spore runs yet: a clear error, not a wait
     done = _hive(["scan", str(VULNERABLE)], env, tmp_path)
-    assert done.returncode == 1 and "no online spore" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 4 and "no online spore" in done.stderr and "Traceback" not in done.stderr
     # Given one spore there: the scan runs on it
     spore_processes("cluster-spore", concurrency=2)
     await _online(hive, 1)
@@ -226,7 +228,7 @@ async def test_hive_scan_on_a_configured_cluster(hive: Hive, hive_config: HiveCo
     assert done.returncode == 0, done.stderr
     assert "the configured Redis" in done.stderr and "cluster-spore" not in json.loads(done.stdout)["summary"]["nodes"]
     # And a scan that cannot finish in time says what it did not scan, and exits 3
-    done = _hive(["scan", str(VULNERABLE), "--timeout", "0.001"], env, tmp_path)
+    done = _hive(["scan", str(VULNERABLE), "--timeout", "0.001", "--no-cache"], env, tmp_path)
     assert done.returncode == 3, done.stderr
     assert "NOT SCANNED" in done.stdout and "incomplete" in done.stderr
     assert _archive_keys(hive_config) == []

@@ -72,13 +72,14 @@ def test_default_excludes_venvs_vendored_and_vcs(tmp_path: Path) -> None:
 def test_binary_large_and_linked_files_are_skipped_with_a_reason(tmp_path: Path) -> None:
     _write(tmp_path, {
         "text.py": "x = 1\n",
-        "image.png": "not really an image\n",
+        "image.png": b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR",
+        "notes.png": "text, whatever the suffix says\n",
         "blob.dat": b"abc\0def",
         "big.txt": "x" * 5000,
     })
     os.symlink(tmp_path / "text.py", tmp_path / "link.py")
     inventory = collect(tmp_path, ScanSettings(max_file_bytes=4096))
-    assert [f.path for f in inventory.files] == ["text.py"]
+    assert [f.path for f in inventory.files] == ["notes.png", "text.py"]
     reasons = {s.path: s.reason for s in inventory.skipped}
     assert reasons["image.png"] == reasons["blob.dat"] == "binary file"
     assert reasons["big.txt"].startswith("larger than 4096 bytes")
@@ -124,3 +125,11 @@ def test_shard_label_names_the_common_folder() -> None:
     assert shard_label(["app/a.py", "app/b/c.py"]) == "app/ (2 files)"
     assert shard_label(["a.py", "app/b.py"]) == "./ (2 files)"
     assert shard_label(["requirements.txt"]) == "./ (1 file)"
+
+
+def test_shards_are_queued_heaviest_first() -> None:
+    # Spores claim in queue order: the heaviest shards must start first so that a light one ends the scan
+    files = [FileEntry(f"f{i:02d}.py", size) for i, size in enumerate([50_000, 1000, 1000, 1000, 20_000, 500])]
+    shards = plan_shards(files, 3, ScanSettings())
+    weights = [sum(f.archived_bytes for f in shard) for shard in shards]
+    assert weights == sorted(weights, reverse=True) and weights[0] > weights[-1]

@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""What the life-cycle hooks cost per task: with no implementation, and with one trivial one (issue 20).
+
+    python bench/hooks_cost.py [--tasks 20000] [--reps 2] [--redis-url URL]
+
+1. Dispatch, in-process: the spore's per-attempt hook calls (``before_task`` then ``after_task``, as
+   ``AttemptRunner.run`` makes them) timed alone, in microseconds of CPU per task.
+2. Drain: ``--tasks`` no-op tasks (``bench.noop``) queued, then drained by 2 spore processes of 50 slots,
+   without and with ``bench.hooks_trivial`` loaded, in the order none, one, one, none... so that drift
+   cancels; jobs/s from the first task seen to the last, and the spores' CPU per task.
+
+Without ``--redis-url`` a private ``redis-server`` is started on a free port and stopped by its pid; with
+one, every key lives under ``bench:<stamp>:*`` and is deleted at the end (nothing is flushed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from redis.asyncio import Redis as AsyncRedis  # noqa: E402
+
+from bench import hooks_trivial, support  # noqa: E402
+from bench.support import Namespace, PrivateRedis, Workers, log  # noqa: E402
+from hive_framework import HiveConfig, Kernel, TaskMessage, TaskSpec  # noqa: E402
+from hive_framework.hive import Hive  # noqa: E402
+
+PROCS = 2
+CONCURRENCY = 50
+DISPATCH_TASKS = 200_000
+
+
+async def dispatch_us(kernel: Kernel) -> float:
+    """CPU microseconds per task of the two hook calls every successful attempt makes."""
+    message = TaskMessage(task_id="0" * 32, task_type="bench.noop")
+    hooks = kernel.lifecycle
+    started = time.process_time()
+    for _ in range(DISPATCH_TASKS):
+        if hooks["before_task"]:
+            await kernel.run_lifecycle("before_task", task=message, node_id="bench")
+        if hooks["after_task"]:
+            await kernel.run_lifecycle("after_task", task=message, result=None, node_id="bench")
+    return (time.process_time() - started) / DISPATCH_TASKS * 1e6
+
+
+async def drain(url: str, ns: Namespace, config: HiveConfig, n: int, hooked: bool, log_dir: Path,
+                tag: str) -> dict[str, Any]:
+    """Queue n no-ops (untimed), start the spores, and time the drain by polling the counter every 5 ms."""
+    redis = AsyncRedis.from_url(url)
+    try:
+        await redis.delete(ns.counter)
+        async with Hive(Kernel(config, apps=["bench.jobs"], load_entry_points=False)) as client:
+            for lo in range(0, n, 1000):
+                await client.submit_many([TaskSpec(task_type="bench.noop", payload={"i": i})
+                                          for i in range(lo, min(n, lo + 1000))])
+        apps = ["--app", "bench.jobs", *(["--app", "bench.hooks_trivial"] if hooked else [])]
+        argvs = [[sys.executable, "-m", "hive_framework", "spore", "--name", f"bench-hooks-{tag}-{i}",
+                  "--concurrency", str(CONCURRENCY), *apps] for i in range(PROCS)]
+        workers = Workers(f"hooks-{tag}", argvs, support.spore_env(config, ns.counter), log_dir)
+        try:
+            first: tuple[float, int, float] | None = None
+            deadline = time.perf_counter() + 300
+            while True:
+                count = int(await redis.get(ns.counter) or 0)
+                now = time.perf_counter()
+                if count and first is None:
+                    first = (now, count, workers.cpu_seconds())
+                if count >= n:
+                    break
+                if now > deadline:
+                    raise SystemExit(f"{tag}: drained only {count} of {n} in 300 s; see {workers.log_path}")
+                workers.check_alive()
+                await asyncio.sleep(0.005)
+            assert first is not None
+            ran = n - first[1]
+            return {"jobs_per_s": ran / (now - first[0]),
+                    "cpu_us_per_task": (workers.cpu_seconds() - first[2]) / ran * 1e6}
+        finally:
+            workers.stop()
+    finally:
+        await redis.aclose()
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    quiet = HiveConfig.load(environ={}, env_file="/dev/null", toml_file=None)
+    none = await dispatch_us(Kernel(quiet, load_entry_points=False))
+    one = await dispatch_us(Kernel(quiet, plugins=[hooks_trivial], load_entry_points=False))
+    print("| hook dispatch per task (before_task + after_task) | CPU µs |")
+    print("|---|---|")
+    print(f"| no implementation | {none:.3f} |")
+    print(f"| one trivial implementation | {one:.3f} |")
+    print()
+
+    private = None if args.redis_url else PrivateRedis()
+    url = args.redis_url or private.url  # type: ignore[union-attr]
+    ns = Namespace(time.strftime("%Y%m%d-%H%M%S"))
+    runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    try:
+        with tempfile.TemporaryDirectory(prefix="hive-bench-hooks-") as tmp:
+            order = [False, True, True, False] * args.reps
+            for index, hooked in enumerate(order):
+                config = ns.hive_config(url, CONCURRENCY).evolve(key_prefix=f"{ns.root}:r{index}",
+                                                                  high_priority_queue=f"{ns.root}:r{index}:q:high",
+                                                                  background_queue=f"{ns.root}:r{index}:q:bg",
+                                                                  broadcast_channel=f"{ns.root}:r{index}:bc")
+                label = "one trivial implementation" if hooked else "no implementation"
+                log(f"drain {index + 1}/{len(order)}: {args.tasks} tasks, {label}")
+                runs[hooked].append(await drain(url, ns, config, args.tasks, hooked, Path(tmp), f"r{index}"))
+    finally:
+        if private is not None:
+            private.stop()
+        else:
+            client = AsyncRedis.from_url(url)
+            keys = [k async for k in client.scan_iter(match=f"{ns.root}:*", count=1000)]
+            for lo in range(0, len(keys), 1000):
+                await client.delete(*keys[lo : lo + 1000])
+            await client.aclose()
+
+    def mean(hooked: bool, key: str) -> float:
+        return statistics.mean(r[key] for r in runs[hooked])
+
+    base, hooked = mean(False, "jobs_per_s"), mean(True, "jobs_per_s")
+    print(f"| drain of {args.tasks:,} no-ops, {PROCS} spores x {CONCURRENCY} | jobs/s (mean of {len(runs[False])}) "
+          "| spore CPU µs / task |")
+    print("|---|---|---|")
+    print(f"| no implementation | {base:,.0f} | {mean(False, 'cpu_us_per_task'):.0f} |")
+    print(f"| one trivial implementation | {hooked:,.0f} | {mean(True, 'cpu_us_per_task'):.0f} |")
+    print()
+    print(f"drain ratio one/no implementation: {hooked / base:.3f}; "
+          f"dispatch with no implementation: {none:.3f} µs per task, "
+          f"{none / mean(False, 'cpu_us_per_task') * 100:.2f} % of the spore CPU per task")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--reps", type=int, default=1, help="repetitions of the none, one, one, none order")
+    parser.add_argument("--redis-url", default="")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

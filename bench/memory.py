@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Redis memory per finished task, and whether it comes back down once the results expire.
+
+    python bench/memory.py [--n 1000000] [--ttl 60] [--spores 2] [--broker streams|arq] [--json]
+
+On a private ``redis-server`` (no persistence): pushes N tiny tasks (``bench.noop``) in batches of 1,000
+while spores (real processes) run them, and prints Redis ``used_memory`` (and the key count) at 0, 25 %,
+50 %, 100 % of the tasks finished, then after ``HIVE_RESULT_TTL`` (``--ttl``) passed and a nexus swept. The
+figure per task is (memory at 100 % - baseline) / N; "after TTL" should be back near the baseline.
+Nothing is asserted: it prints figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.support import Namespace, PrivateRedis, Workers, log, spore_argvs, spore_env  # noqa: E402
+from hive_framework import TaskSpec, TaskStatus  # noqa: E402
+from hive_framework.hive import Hive  # noqa: E402
+from hive_framework.kernel import Kernel  # noqa: E402
+from hive_framework.nexus import Watchdog  # noqa: E402
+
+
+async def measure(args: argparse.Namespace, redis_url: str, log_dir: Path) -> dict[str, Any]:
+    ns = Namespace(time.strftime("%Y%m%d%H%M%S"))
+    config = ns.hive_config(redis_url, concurrency=50, broker=args.broker)
+    config = config.evolve(result_ttl=float(args.ttl))
+    env = spore_env(config, ns.counter)
+    hive = await Hive(Kernel(config, apps=["bench.jobs"])).open()
+    redis = hive.broker.redis
+    completed_key = hive.broker.keys.status_index(TaskStatus.COMPLETED)
+
+    async def sample(label: str) -> dict[str, Any]:
+        info = await redis.info("memory")
+        row = {"at": label, "used_memory": int(info["used_memory"]), "keys": int(await redis.dbsize()),
+               "completed_index": int(await redis.zcard(completed_key))}
+        log(f"{label:>14}: used_memory {row['used_memory'] / 2**20:8.2f} MiB, keys {row['keys']:>9,}")
+        return row
+
+    rows = [await sample("baseline")]
+    spores = Workers("spores", spore_argvs(args.spores, 50, "mem"), env, log_dir)
+    try:
+        marks = [args.n // 4, args.n // 2, args.n]
+        pushed = 0
+        started = time.perf_counter()
+        finished = 0
+        for mark in marks:
+            while pushed < mark:
+                batch = min(1000, mark - pushed)
+                await hive.submit_many([TaskSpec(task_type="bench.noop", payload={}) for _ in range(batch)])
+                pushed += batch
+            while finished < mark:  # the spores drain what was pushed
+                spores.check_alive()
+                finished = int(await redis.get(ns.counter) or 0)  # each bench.noop counts itself
+                await asyncio.sleep(0.2)
+            rows.append(await sample(f"{mark:,} done"))
+        elapsed = time.perf_counter() - started
+        log(f"{args.n:,} tasks in {elapsed:.1f} s; waiting {args.ttl} s for the results to expire")
+        await asyncio.sleep(args.ttl + 1)
+        await Watchdog(hive.broker, interval=1.0).sweep()
+        rows.append(await sample("after TTL+sweep"))
+    finally:
+        spores.stop()
+        await hive.close()
+    base, full, after = rows[0]["used_memory"], rows[-2]["used_memory"], rows[-1]["used_memory"]
+    summary = {
+        "broker": config.broker, "tasks": args.n, "ttl_s": args.ttl, "rows": rows,
+        "bytes_per_finished_task": round((full - base) / args.n, 1),
+        "after_ttl_vs_baseline_pct": round(100 * (after - base) / base, 1),
+    }
+    log(f"per finished task kept: {summary['bytes_per_finished_task']} B; after the TTL: "
+        f"{summary['after_ttl_vs_baseline_pct']:+.1f} % of the baseline")
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--ttl", type=float, default=60.0, help="HIVE_RESULT_TTL for the run, seconds")
+    parser.add_argument("--spores", type=int, default=2)
+    parser.add_argument("--broker", choices=["streams", "arq"], default=None)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    server = PrivateRedis()
+    try:
+        with tempfile.TemporaryDirectory(prefix="hive-bench-memory-") as folder:
+            summary = asyncio.run(measure(args, server.url, Path(folder)))
+    finally:
+        server.stop()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The status writes of a task record, as plain Redis commands.
+
+One function builds them; the broker runs them in a pipeline and an engine may embed the very same
+commands in a Lua call (the streams engine saves, settles and schedules a retry in one guarded script),
+so the two paths can never drift apart.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from .. import wire
+from ..models import TaskMessage, TaskStatus
+
+if TYPE_CHECKING:
+    from ..config import HiveConfig
+    from ..keys import Keys
+    from .engine import Previous
+
+#: The most dead letters kept (the oldest go first); they are also dropped when their record expires
+#: (``HIVE_RESULT_TTL``).
+MAX_DEAD_LETTERS = 100_000
+
+#: One Redis command: its name, then its arguments.
+Command = tuple[Any, ...]
+
+
+def status_commands(
+    keys: Keys, config: HiveConfig, message: TaskMessage, previous: Previous = "unknown"
+) -> list[Command]:
+    """Commands that store ``message`` and move it between status indexes.
+
+    ``previous`` is the status it had, when the caller knows it (``None`` for a new task): then only that
+    index is touched, instead of every other one. A final task's record expires after ``HIVE_RESULT_TTL``,
+    its waiters are woken (``done`` list) and its map-reduce job hears of it (job events stream).
+    """
+    now = repr(time.time())
+    data = wire.dumps(message)
+    task_id = message.task_id
+    out: list[Command] = []
+    if message.is_terminal:
+        ttl = int(config.result_ttl * 1000)
+        out.append(("PSETEX", keys.task(task_id), ttl, data))
+        out.append(("RPUSH", keys.done(task_id), message.status.value))
+        out.append(("PEXPIRE", keys.done(task_id), ttl))
+        if message.job_id:
+            events = keys.job_events(message.job_id)
+            out.append(("XADD", events, "*", "task_id", task_id, "status", message.status.value))
+            out.append(("PEXPIRE", events, ttl))
+    else:
+        out.append(("SET", keys.task(task_id), data))
+    if previous == "unknown":
+        for status in TaskStatus:
+            if status != message.status:
+                out.append(("ZREM", keys.status_index(status), task_id))
+    elif previous is not None and previous != message.status:
+        out.append(("ZREM", keys.status_index(previous), task_id))
+    out.append(("ZADD", keys.status_index(message.status), now, task_id))
+    if message.is_terminal:
+        # Bounded without any reader: a final index drops the entries whose record has expired.
+        cutoff = repr(time.time() - config.result_ttl)
+        out.append(("ZREMRANGEBYSCORE", keys.status_index(message.status), "-inf", cutoff))
+    if message.status == TaskStatus.FAILED:
+        out.append(("ZADD", keys.dead_letters, now, task_id))
+        out.append(("ZREMRANGEBYSCORE", keys.dead_letters, "-inf", repr(time.time() - config.result_ttl)))
+        out.append(("ZREMRANGEBYRANK", keys.dead_letters, 0, -MAX_DEAD_LETTERS - 1))
+    elif previous in ("unknown", TaskStatus.FAILED):
+        out.append(("ZREM", keys.dead_letters, task_id))
+    return out
+
+
+def add_to_pipeline(pipe: Any, commands: list[Command]) -> None:
+    """Queue ``commands`` on a redis-py pipeline."""
+    for command in commands:
+        pipe.execute_command(*command)

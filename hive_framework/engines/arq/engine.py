@@ -1,0 +1,153 @@
+"""The ``arq`` engine: ARQ's sorted-set queues and job machinery, selected with ``HIVE_BROKER=arq``.
+
+A task's job is an ARQ job calling one function (``hive.run``) with the task id. Priorities are kept two
+ways: ``high_priority``-class tasks go to the high queue, which spores drain first, and within a queue a
+higher level gets a lower ARQ score, so it is read first. ARQ's own keys live under ``{prefix}:arq:``
+(:mod:`.keyspace`); job data is JSON, never pickle.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from arq.jobs import serialize_job
+from redis.exceptions import WatchError
+
+from ...broker.engine import Delivery, Engine, Previous, TaskRunner, fence_holds, fenced
+from ...broker.records import add_to_pipeline, status_commands
+from ...models import HIGH_PRIORITY_LEVEL, TaskMessage
+from ...redisutil import texts
+from .keyspace import ArqKeys
+from .serial import job_serializer
+from .worker import RUN_FUNCTION, ArqWorker
+
+if TYPE_CHECKING:
+    from redis.asyncio.client import Pipeline
+
+#: Score distance between two adjacent priority levels inside one queue (about 31 years in ms).
+PRIORITY_STEP_MS = 10**12
+
+
+#: The number of jobs on one class's queues of every task type (KEYS[1] the types set, ARGV[1] the base name).
+_DEPTH = """
+local n = 0
+for _, t in ipairs(redis.call('SMEMBERS', KEYS[1])) do n = n + redis.call('ZCARD', ARGV[1] .. ':type:' .. t) end
+return n
+"""
+
+
+class ArqEngine(Engine):
+    """ARQ behind :class:`~hive_framework.broker.MessageBroker`."""
+
+    name = "arq"
+
+    @property
+    def arq_keys(self) -> ArqKeys:
+        return ArqKeys(self.key())
+
+    @property
+    def types(self) -> str:
+        """Set of every task type that ever had a job queued (its queues exist)."""
+        return self.key("types")
+
+    def type_queue(self, high: bool, task_type: str) -> str:
+        """One class's queue of one task type: ``{high or background queue}:type:{task type}``."""
+        return f"{self.keys.high_queue if high else self.keys.background_queue}:type:{task_type}"
+
+    def queue_for(self, level: int, node: str | None, task_type: str = "") -> str:
+        if node:
+            return self.keys.node_queue(node)
+        if not task_type:
+            raise ValueError("a shared queue needs the task type")
+        return self.type_queue(level >= HIGH_PRIORITY_LEVEL, task_type)
+
+    def queues(self, task_types: Sequence[str] = ()) -> list[str]:
+        """The high queue of each type, then the background queue of each."""
+        return [self.type_queue(high, t) for high in (True, False) for t in task_types]
+
+    def enqueue_ops(self, pipe: Pipeline, message: TaskMessage) -> None:
+        now_ms = int(time.time() * 1000)
+        job = serialize_job(RUN_FUNCTION, (message.task_id,), {}, None, now_ms, serializer=job_serializer)
+        ttl_ms = int(max(self.config.result_ttl, 86400) * 1000)
+        pipe.psetex(self.arq_keys.job(message.engine_job_id), ttl_ms, job)
+        pipe.zadd(message.queue, {message.engine_job_id: now_ms - message.priority * PRIORITY_STEP_MS})
+        pipe.sadd(self.types, message.task_type)
+
+    def drop_ops(self, pipe: Pipeline, message: TaskMessage) -> None:
+        """Take the job off every queue it may be on, and delete its ARQ keys."""
+        job = message.engine_job_id
+        for queue in {message.queue, *self.queues([message.task_type])} - {""}:
+            pipe.zrem(queue, job)
+        keys = self.arq_keys
+        pipe.delete(keys.job(job), keys.retry(job), keys.in_progress(job))
+
+    def depth_ops(self, pipe: Pipeline) -> None:
+        for base in (self.keys.high_queue, self.keys.background_queue):
+            pipe.eval(_DEPTH, 1, self.types, base)
+
+    def queue_depth_ops(self, pipe: Pipeline, queue: str) -> None:
+        pipe.zcard(queue)
+
+    async def watch_taken(self, pipe: Pipeline, message: TaskMessage) -> bool:
+        """A spore holds the job when its in-progress key exists (watched: a take meanwhile fails the move)."""
+        in_progress = self.arq_keys.in_progress(message.engine_job_id)
+        await pipe.watch(in_progress)
+        return bool(await pipe.exists(in_progress))
+
+    async def queued_jobs(self, queue: str) -> list[tuple[str, Any]]:
+        return [(job, job) for job in texts(await self.redis.zrange(queue, 0, -1))]
+
+    async def unqueue(self, queue: str, job: str, handle: Any) -> bool:
+        if not await self.redis.zrem(queue, job):
+            return False
+        await self.redis.delete(self.arq_keys.job(job))
+        return True
+
+    async def record(self, items: Sequence[tuple[TaskMessage, Previous, Delivery | None]]) -> list[list[str] | None]:
+        """Check the cancellation markers and the fences, then save the others in one transaction (ARQ settles
+        its own jobs). The markers and the fenced records are watched, so a cancel or a newer attempt landing
+        between the check and the save makes the transaction start over, never be overwritten."""
+        if not items:
+            return []
+        watched = [self.keys.cancelled(m.task_id) for m, _, _ in items]
+        watched += [self.keys.task(m.task_id) for m, _, d in items if d is not None and d.fence is not None]
+        while True:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                await pipe.watch(*watched)
+                refused: list[bool] = []
+                for message, _, delivery in items:
+                    gone = bool(await pipe.exists(self.keys.cancelled(message.task_id)))
+                    fence = None if gone or delivery is None else delivery.fence
+                    if fence is not None and not fence_holds(await pipe.get(self.keys.task(message.task_id)), fence):
+                        fenced(message)
+                        gone = True
+                    refused.append(gone)
+                pipe.multi()
+                ends: list[int] = []  # where each saved item's SMEMBERS reply lands (-1: not saved)
+                position = -1
+                for (message, previous, _), gone in zip(items, refused, strict=True):
+                    if gone:
+                        ends.append(-1)
+                        continue
+                    commands = status_commands(self.keys, self.config, message, previous)
+                    add_to_pipeline(pipe, commands)
+                    pipe.smembers(self.keys.dependents(message.task_id))
+                    position += len(commands) + 1
+                    ends.append(position)
+                try:
+                    replies = await pipe.execute() if position >= 0 else []
+                except WatchError:
+                    continue
+            return [
+                None if end < 0 else (texts(replies[end]) if message.is_terminal else [])
+                for (message, _, _), end in zip(items, ends, strict=True)
+            ]
+
+    async def settle(self, deliveries: Sequence[Delivery]) -> None:
+        """Nothing: ARQ finishes its own jobs when the job function returns."""
+
+    def create_worker(self, runner: TaskRunner) -> ArqWorker:
+        return ArqWorker(self, runner)
+

@@ -1,0 +1,238 @@
+"""The ``arq`` engine's worker: ARQ's job machinery over several queues in strict priority order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from typing import TYPE_CHECKING, Any, cast
+
+from arq.connections import ArqRedis
+from arq.worker import Retry, func
+from arq.worker import Worker as _ArqWorker
+
+from ...broker.engine import Delivery, TaskRunner, Worker
+from ...outage import Backoff, is_outage
+from ...redisutil import raise_if_cancelling
+from .keyspace import ArqKeyspaceRedis
+from .serial import job_deserializer, job_serializer
+
+if TYPE_CHECKING:
+    from .engine import ArqEngine
+
+logger = logging.getLogger(__name__)
+
+#: The one ARQ function every hive job calls; its only argument is the task id.
+RUN_FUNCTION = "hive.run"
+#: ARQ's own job timeout; hive enforces each task's timeout itself, inside this.
+_ENGINE_TIMEOUT_S = 7 * 86400
+
+
+class _MultiQueueWorker(_ArqWorker):
+    """ARQ's worker serving several queues: it starts a job from a lower queue only when no higher one has work.
+
+    Only the parts of ARQ that assume a single queue are replaced: polling (:meth:`main`), starting and
+    finishing jobs. Running a job (``run_job``: retries, cancellation, timeouts) is ARQ's own.
+    """
+
+    def __init__(self, engine: ArqEngine, runner: TaskRunner, groups: list[list[str]]) -> None:
+        config = engine.config
+        queues = [q for group in groups for q in group]
+        self.arq_keys = engine.arq_keys
+        super().__init__(
+            functions=[func(self._run_job_function, name=RUN_FUNCTION, timeout=_ENGINE_TIMEOUT_S, max_tries=10**9)],
+            queue_name=queues[0],
+            # ARQ uses only plain Redis commands of its pool here; this client moves its keys under the prefix.
+            redis_pool=cast(ArqRedis, ArqKeyspaceRedis.sharing(engine.redis, self.arq_keys)),
+            handle_signals=False,
+            max_jobs=runner.concurrency,
+            job_timeout=_ENGINE_TIMEOUT_S,
+            keep_result=0,
+            poll_delay=config.poll_interval,
+            max_tries=10**9,
+            retry_jobs=True,
+            job_serializer=job_serializer,
+            job_deserializer=job_deserializer,
+            log_results=False,
+        )
+        self.runner = runner
+        self.queues = list(queues)
+        #: Queues of equal rank (the high queues of every type the spore serves, then the background ones):
+        #: a group's jobs start in score order across its queues, so priority holds across types.
+        self.groups = groups
+        self.in_progress_timeout_s = config.lease_seconds
+        self._job_queue: dict[str, str] = {}
+        self.wake_event = asyncio.Event()
+
+    async def _run_job_function(self, ctx: dict[str, Any], task_id: str) -> None:
+        """The ARQ job function: begin and run the attempt; a retry becomes ARQ's ``Retry``."""
+        delivery = Delivery(task_id=task_id, job_id=str(ctx.get("job_id", task_id)))
+        try:
+            attempts = await self.runner.begin([delivery])
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            # Redis went away while the attempt began: the job must stay queued (ARQ drops a job whose function
+            # raised), so it runs again once Redis answers; the fence settles which attempt's outcome counts.
+            logger.warning("task %s: could not begin (%s); its job runs again", task_id, exc)
+            raise Retry(defer=Backoff(first=0.5).next_delay()) from exc
+        for attempt in attempts:
+            retry_in = await self.runner.run(attempt)
+            if attempt.fenced:
+                # ARQ would delete the job on return; the task's record no longer shows this attempt, and the
+                # job may be what must run it again, so it stays (begun again, it runs or is skipped).
+                retry_in = Backoff(first=0.5).next_delay()
+            if retry_in is not None:
+                raise Retry(defer=retry_in)
+
+    async def main(self) -> None:
+        """Poll the queues until cancelled; a freed slot wakes the loop at once."""
+        self.ctx["redis"] = self.pool
+        while True:
+            raise_if_cancelling()
+            await self._poll_queues()
+            # Not asyncio.wait_for: on 3.11 it swallows a cancel that lands just as the wake event is set,
+            # and this loop then never stops (a spore hung on shutdown).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_delay_s):
+                    await self.wake_event.wait()
+            self.wake_event.clear()
+
+    async def _poll_queues(self) -> None:
+        if self.allow_pick_jobs:
+            now = int(time.time() * 1000)
+            for group in self.groups:
+                if self.job_counter >= self.max_jobs:
+                    break
+                if len(group) == 1:
+                    job_ids = await self.pool.zrangebyscore(
+                        group[0], min=float("-inf"), max=now, start=0, num=self.queue_read_limit
+                    )
+                    if job_ids:
+                        await self._start_from(group[0], job_ids)
+                    continue
+                async with self.pool.pipeline(transaction=False) as pipe:
+                    for queue in group:
+                        pipe.zrangebyscore(
+                            queue, min=float("-inf"), max=now, start=0, num=self.queue_read_limit, withscores=True
+                        )
+                    replies = await pipe.execute()
+                found = sorted(
+                    (score, queue, job_id)
+                    for queue, reply in zip(group, replies, strict=True)
+                    for job_id, score in reply
+                )[: self.queue_read_limit]
+                for _, queue, job_id in found:
+                    await self._start_from(queue, [job_id])
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+
+    async def _start_from(self, queue: str, job_ids: list[bytes]) -> None:
+        for raw_id in job_ids:
+            if self.job_counter >= self.max_jobs:
+                return
+            job_id = raw_id.decode()
+            if job_id in self.tasks:
+                continue
+            in_progress = self.arq_keys.in_progress(job_id)
+            async with self.pool.pipeline(transaction=True) as pipe:
+                await pipe.watch(in_progress)
+                running = await pipe.exists(in_progress)
+                score = await pipe.zscore(queue, job_id)
+                if running or score is None or score > time.time() * 1000:
+                    continue
+                pipe.multi()
+                pipe.psetex(in_progress, int(self.in_progress_timeout_s * 1000), b"1")
+                try:
+                    await pipe.execute()
+                except Exception as exc:  # WatchError: another spore took it first
+                    logger.debug("job %s taken elsewhere: %s", job_id, exc)
+                    continue
+            self.job_counter += 1
+            self._job_queue[job_id] = queue
+            job = self.loop.create_task(self.run_job(job_id, int(score)))
+            job.add_done_callback(functools.partial(self._job_done, job_id))
+            self.tasks[job_id] = job
+
+    def _job_done(self, job_id: str, task: asyncio.Task[Any] | None = None) -> None:
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            # One job's failure (Redis away while ARQ finished it) is not the poll loop's end: the job's
+            # in-progress key lapses and the job runs again, fenced against a newer attempt.
+            logger.warning("job %s ended with an error: %r", job_id, task.exception())
+        self.job_counter -= 1
+        self._job_queue.pop(job_id, None)
+        self.wake_event.set()
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        queue = self._job_queue.get(job_id, self.queue_name)
+        keys = self.arq_keys
+        async with self.pool.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.in_progress(job_id))
+            if finish:
+                pipe.delete(keys.retry(job_id), keys.job(job_id))
+                pipe.zrem(queue, job_id)
+            elif incr_score:
+                pipe.zincrby(queue, incr_score, job_id)
+            await pipe.execute()
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        queue = self._job_queue.get(job_id, self.queue_name)
+        keys = self.arq_keys
+        async with self.pool.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.retry(job_id), keys.in_progress(job_id), keys.job(job_id))
+            pipe.zrem(queue, job_id)
+            await pipe.execute()
+
+
+class ArqWorker(Worker):
+    """The :class:`~hive_framework.broker.Worker` face of an ARQ worker over a spore's queues."""
+
+    def __init__(self, engine: ArqEngine, runner: TaskRunner) -> None:
+        types = sorted(runner.task_types)
+        groups = [[engine.keys.node_queue(runner.node_id)], engine.queues(types)[: len(types)],
+                  engine.queues(types)[len(types) :]]
+        groups = [g for g in groups if g]
+        self.queues = [q for g in groups for q in g]
+        self.arq = _MultiQueueWorker(engine, runner, groups)
+
+    async def main(self) -> None:
+        await self.arq.main()
+
+    @property
+    def running(self) -> int:
+        return int(self.arq.job_counter)
+
+    def in_flight(self) -> list[asyncio.Task[Any]]:
+        return list(self.arq.tasks.values())
+
+    def pause(self) -> None:
+        self.arq.allow_pick_jobs = False
+
+    def resume(self) -> None:
+        self.arq.allow_pick_jobs = True
+        self.arq.wake_event.set()
+
+    def wake(self) -> None:
+        self.arq.wake_event.set()
+
+    async def refresh_leases(self) -> None:
+        """Extend the in-progress key of every job this spore runs, so live work is never re-run."""
+        if not self.arq.tasks:
+            return
+        ttl_ms = int(self.arq.in_progress_timeout_s * 1000)
+        async with self.arq.pool.pipeline(transaction=False) as pipe:
+            for job_id in self.arq.tasks:
+                pipe.pexpire(self.arq.arq_keys.in_progress(job_id), ttl_ms)
+            await pipe.execute()

@@ -1,0 +1,56 @@
+"""The streams engine's Lua scripts, read from the ``lua/`` folder beside this file (each documents its keys)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from importlib.resources import files
+from typing import Any
+
+import attrs
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
+
+from ...redisutil import awaited
+
+
+@attrs.frozen
+class LuaScript:
+    """One script: called by SHA (loaded on first use, again after a server restart) or sent whole."""
+
+    name: str
+    source: str
+
+    @functools.cached_property
+    def sha(self) -> str:
+        return hashlib.sha1(self.source.encode()).hexdigest()
+
+    async def __call__(self, client: Redis, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA, loading the script when the server lacks it (first call, or a restart flushed it)."""
+        try:
+            return await awaited(client.evalsha(self.sha, len(keys), *keys, *args))
+        except NoScriptError:
+            return await awaited(client.eval(self.source, len(keys), *keys, *args))
+
+    def queue_sha(self, pipe: Pipeline, keys: list[str], args: list[Any]) -> None:
+        """Queue an EVALSHA on a non-transactional pipeline; the caller retries a ``NoScriptError`` reply."""
+        pipe.evalsha(self.sha, len(keys), *keys, *args)
+
+    def queue_whole(self, pipe: Pipeline, keys: list[str], args: list[Any]) -> None:
+        """Queue an EVAL of the whole source: for a MULTI block, where a missing script must never skip one
+        command of the transaction."""
+        pipe.eval(self.source, len(keys), *keys, *args)
+
+
+def _load(name: str) -> LuaScript:
+    return LuaScript(name, files(__package__).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8"))
+
+
+CLAIM = _load("claim")
+GUARDED = _load("guarded")
+DUE_RETRIES = _load("due_retries")
+ADD = _load("add")
+DROP = _load("drop")
+DEPTH = _load("depth")
+FORGET_CONSUMER = _load("forget_consumer")

@@ -1,0 +1,304 @@
+"""The streams engine's worker: batched strict-priority claims, blocking reads, leases, retries, takeovers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ResponseError
+
+from ...broker.engine import Attempt, Delivery, TaskRunner, Worker
+from ...broker.poison import digest, quarantine
+from ...redisutil import awaited, fields, raise_if_cancelling, text
+from . import scripts
+
+if TYPE_CHECKING:
+    from .engine import StreamsEngine
+
+logger = logging.getLogger(__name__)
+
+#: The one consumer group every spore of a hive reads through.
+GROUP = "hive"
+#: How often a spore looks for consumers of stopped spores to remove from the groups, in seconds.
+CONSUMER_PRUNE_EVERY_S = 60.0
+
+
+class StreamWorker(Worker):
+    """Feeds one spore from its streams (its node stream first, then every level's, highest first)."""
+
+    def __init__(self, engine: StreamsEngine, runner: TaskRunner) -> None:
+        self.engine = engine
+        self.runner = runner
+        self.redis = engine.redis
+        self.config = engine.config
+        self.capacity = runner.concurrency
+        self.queues = engine.consume_streams(runner.node_id, runner.task_types)
+        types = sorted(runner.task_types)
+        self._levels = [[engine.type_stream(level, t) for t in types] for level in range(10, -1, -1)]
+        self._turn = 0
+        self.consumer = f"{runner.node_id}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._allow = True
+        self._reader: asyncio.Task[Any] | None = None
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._held: dict[str, tuple[str, Any]] = {}
+        self._wake = asyncio.Event()
+        self._retry_scheduled = asyncio.Event()
+        self.lease_ms = int(self.config.lease_seconds * 1000)
+
+    # --- the Worker interface ------------------------------------------------------------------------
+
+    @property
+    def running(self) -> int:
+        return len(self.tasks)
+
+    def in_flight(self) -> list[asyncio.Task[Any]]:
+        return list(self.tasks.values())
+
+    def pause(self) -> None:
+        """Also abandons a blocking read, so no new entry is delivered to a paused spore."""
+        self._allow = False
+        if self._reader is not None:
+            self._reader.cancel()
+        self._wake.set()
+
+    def resume(self) -> None:
+        self._allow = True
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def main(self) -> None:
+        await self._ensure_groups()
+        upkeep = asyncio.create_task(self._upkeep(), name="hive-streams-upkeep")
+        try:
+            while True:
+                raise_if_cancelling()
+                free = self.capacity - len(self.tasks)
+                if not self._allow or free <= 0:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await self._wake.wait()
+                    continue
+                entries = await self._claim(free)
+                if not entries:
+                    self._reader = asyncio.create_task(self._block())
+                    try:
+                        entries = await self._reader
+                    except asyncio.CancelledError:
+                        current = asyncio.current_task()
+                        if not self._reader.cancelled() or (current is not None and current.cancelling()):
+                            raise
+                        continue  # paused while waiting
+                    finally:
+                        self._reader = None
+                if entries and not self._allow:
+                    await self._hand_back(entries)
+                elif entries:
+                    await self._start(entries)
+        finally:
+            upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await upkeep
+
+    async def refresh_leases(self) -> None:
+        """Reset the idle time of every entry this spore holds, so no other spore takes it over."""
+        if not self._held:
+            return
+        by_stream: dict[str, list[Any]] = {}
+        for stream, entry_id in self._held.values():
+            by_stream.setdefault(stream, []).append(entry_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, ids in by_stream.items():
+                pipe.xclaim(stream, GROUP, self.consumer, 0, ids, justid=True)
+            await pipe.execute()
+
+    async def close(self) -> None:
+        """Leave the consumer groups (so they do not collect one dead consumer per restart), where nothing
+        is pending for this spore; anything still pending stays for another spore to take over."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream in self.queues:
+                pipe.xpending_range(stream, GROUP, "-", "+", 1, consumername=self.consumer)
+            pending = await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, held in zip(self.queues, pending, strict=True):
+                if not held:
+                    pipe.xgroup_delconsumer(stream, GROUP, self.consumer)
+            await pipe.execute()
+
+    # --- taking entries ------------------------------------------------------------------------------
+
+    async def _ensure_groups(self) -> None:
+        """Create the group on every stream this spore reads (one round trip: a spore serving many types
+        reads many streams)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream in self.queues:
+                pipe.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, ResponseError) and "BUSYGROUP" not in str(reply):
+                raise reply
+
+    def _claim_order(self) -> list[str]:
+        """The node stream, then each level's streams highest first; within a level the types take turns
+        being read first, so one busy type does not starve the others of the same level."""
+        if not self._levels or not self._levels[0]:
+            return self.queues
+        self._turn = (self._turn + 1) % len(self._levels[0])
+        turn = self._turn
+        return [self.queues[0], *(s for level in self._levels for s in (*level[turn:], *level[:turn]))]
+
+    async def _claim(self, count: int) -> list[Delivery]:
+        raw = await scripts.CLAIM(self.redis, self._claim_order(), [GROUP, self.consumer, str(count)])
+        return [_delivery(text(stream), entry_id, entry) for stream, entry_id, entry in raw or []]
+
+    async def _block(self) -> list[Delivery]:
+        """Wait up to a second for new entries on any stream (one per stream at most), highest priority first."""
+        reply = await self.redis.xreadgroup(GROUP, self.consumer, {s: ">" for s in self.queues}, count=1, block=1000)
+        order = {s: i for i, s in enumerate(self.queues)}
+        found = [
+            _delivery(text(stream), entry_id, entry) for stream, items in (reply or []) for entry_id, entry in items
+        ]
+        return sorted(found, key=lambda d: order.get(d.receipt[0], len(order)))
+
+    async def _hand_back(self, deliveries: Sequence[Delivery]) -> None:
+        """Return entries read just as the spore paused to their streams, for other spores."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for delivery in deliveries:
+                stream, entry_id = delivery.receipt
+                pipe.xack(stream, GROUP, entry_id)
+                pipe.xdel(stream, entry_id)
+                scripts.ADD.queue_whole(pipe, [stream, self.engine.entries], [delivery.task_id, delivery.job_id])
+            await pipe.execute()
+
+    async def _start(self, deliveries: Sequence[Delivery]) -> None:
+        """Begin every taken entry through the runner (one round trip), then run each in its own task. An entry
+        that names no task and job (not written by the hive) is quarantined and acknowledged."""
+        malformed = [d for d in deliveries if not (d.task_id and d.job_id)]
+        for delivery in malformed:
+            stream, entry_id = delivery.receipt
+            await quarantine(
+                self.redis, self.engine.keys, f"{stream} {text(entry_id)}",
+                f"t={delivery.task_id!r} j={delivery.job_id!r}",
+                "a stream entry without its task id (t) and job id (j) fields",
+                [("XACK", stream, GROUP, entry_id), ("XDEL", stream, entry_id)],
+            )
+        deliveries = [d for d in deliveries if d.task_id and d.job_id]
+        if not deliveries:
+            return
+        for attempt in await self.runner.begin(deliveries):
+            stream, entry_id = attempt.delivery.receipt
+            handle = f"{stream}\x1f{text(entry_id)}"
+            self._held[handle] = (stream, entry_id)
+            self.tasks[handle] = asyncio.create_task(self._run(handle, attempt))
+
+    async def _run(self, handle: str, attempt: Attempt) -> None:
+        try:
+            if await self.runner.run(attempt) is not None:
+                self._retry_scheduled.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("task %s: its outcome could not be recorded; its entry stays pending",
+                             attempt.message.task_id)
+        finally:
+            self.tasks.pop(handle, None)
+            self._held.pop(handle, None)
+            self._wake.set()
+
+    # --- upkeep --------------------------------------------------------------------------------------
+
+    async def _upkeep(self) -> None:
+        """Move due retries back to their streams and take over entries whose spore stopped renewing them."""
+        last_claim = 0.0
+        last_prune = time.monotonic()
+        keys = self.engine.keys
+        next_due: Any = None
+        while True:
+            raise_if_cancelling()
+            try:
+                next_due, bad = await scripts.DUE_RETRIES(
+                    self.redis, [self.engine.delayed, self.engine.entries],
+                    [str(int(time.time() * 1000)), "500", keys.node_queue(""), keys.high_queue, keys.background_queue],
+                )
+                for member in bad or []:
+                    await quarantine(self.redis, self.engine.keys, f"{self.engine.delayed} {digest(member)}", member,
+                                     "a delayed retry that names no stream of this hive, task and job")
+                now = time.monotonic()
+                if now - last_claim >= self.config.lease_seconds / 2:
+                    last_claim = now
+                    await self._take_over()
+                if now - last_prune >= CONSUMER_PRUNE_EVERY_S:
+                    last_prune = now
+                    await self.prune_consumers()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("stream upkeep failed: %s", exc)
+                next_due = None
+            wait = self.config.lease_seconds / 2
+            if next_due:
+                wait = min(wait, max(float(next_due) / 1000 - time.time(), 0.0))
+            self._retry_scheduled.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._retry_scheduled.wait()
+
+    async def prune_consumers(self, idle_s: float | None = None) -> int:
+        """Delete the group's consumers that hold nothing and have been idle for ``idle_s`` (default: four
+        leases, at least a minute): a spore killed with nothing pending leaves its consumer behind, and one
+        killed with entries pending has them taken over (then it holds nothing). A live but idle or paused
+        spore losing its consumer is harmless: its next read creates it again. Returns how many went."""
+        idle_ms = 1000 * (max(self.config.lease_seconds * 4, 60.0) if idle_s is None else idle_s)
+        removed = 0
+        # Every type's streams, not only this spore's: a type no live spore serves still had readers once.
+        queued = {text(t) for t in await awaited(self.redis.smembers(self.engine.types))}
+        types = sorted(queued | set(self.runner.task_types))
+        streams = self.engine.queues(types)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                pipe.xinfo_consumers(stream, GROUP)
+            replies = await pipe.execute(raise_on_error=False)
+        for stream, consumers in zip(streams, replies, strict=True):
+            if not isinstance(consumers, list):
+                continue  # no stream or no group yet
+            for consumer in consumers:
+                name = consumer.get("name")
+                if text(name) == self.consumer or consumer.get("pending", 1) or consumer.get("idle", 0) < idle_ms:
+                    continue
+                removed += int(await scripts.FORGET_CONSUMER(self.redis, [stream], [GROUP, name]))
+        if removed:
+            logger.info("removed %d idle consumer(s) of stopped spores from the stream groups", removed)
+        return removed
+
+    async def _take_over(self) -> None:
+        if not self._allow:
+            return
+        # One read-only round trip finds the streams holding an entry idle past the lease; only those are
+        # claimed from (a spore serving many types reads many streams, most with nothing to take over).
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream in self.queues:
+                pipe.xpending_range(stream, GROUP, "-", "+", 1, idle=self.lease_ms)
+            idle = await pipe.execute(raise_on_error=False)
+        stale = [s for s, found in zip(self.queues, idle, strict=True) if isinstance(found, list) and found]
+        for stream in stale:
+            free = self.capacity - len(self.tasks)
+            if free <= 0:
+                return
+            reply = await self.redis.xautoclaim(stream, GROUP, self.consumer, self.lease_ms, "0-0", count=free)
+            taken = [_delivery(stream, entry_id, entry) for entry_id, entry in (reply[1] or []) if entry]
+            if taken:
+                logger.info("taking over %d task(s) of a lost spore from %s", len(taken), stream)
+                await self._start(taken)
+
+
+def _delivery(stream: str, entry_id: Any, raw: Any) -> Delivery:
+    entry = fields(raw)
+    return Delivery(task_id=entry.get("t", ""), job_id=entry.get("j", ""), receipt=(stream, entry_id))

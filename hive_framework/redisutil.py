@@ -1,0 +1,47 @@
+"""Small typed helpers for redis-py replies (and one of its quirks), shared by the engines, monitor and plugins."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterable
+from typing import Any, TypeVar, cast
+
+T = TypeVar("T")
+
+
+def awaited(value: Awaitable[T] | T) -> Awaitable[T]:
+    """A redis-py command typed as awaitable: its stubs say ``Awaitable[T] | T``; on ``redis.asyncio`` it always is."""
+    return cast("Awaitable[T]", value)
+
+
+def text(value: Any) -> str:
+    """One key, member or field read from Redis as ``str`` (``bytes`` decoded as UTF-8; bytes the hive never
+    writes, planted by something else, read as U+FFFD rather than failing the loop that reads them)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def texts(values: Iterable[Any]) -> list[str]:
+    """Members or keys read from Redis, as ``str``."""
+    return [text(v) for v in values]
+
+
+def fields(raw: Any) -> dict[str, str]:
+    """A hash or stream entry's fields (a dict, or a flat ``[k, v, k, v...]`` list from Lua) as ``str -> str``."""
+    if isinstance(raw, dict):
+        return {text(k): text(v) for k, v in raw.items()}
+    flat = list(raw or [])
+    return {text(flat[i]): text(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+
+
+def glob_escape(value: str) -> str:
+    """``value`` with Redis glob metacharacters escaped, for ``SCAN MATCH`` on a literal prefix."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in value)
+
+
+def raise_if_cancelling() -> None:
+    """Raise ``CancelledError`` if the current task was asked to stop. redis-py can swallow a cancel (one that
+    lands in the zero-second read of its connection check becomes that read's timeout), so a claim loop checks
+    this each turn: else a stopping process claims on until it is killed."""
+    current = asyncio.current_task()
+    if current is not None and current.cancelling():
+        raise asyncio.CancelledError

@@ -1,0 +1,87 @@
+"""Per-host politeness shared by every spore through Redis (issue 21): one schedule per host, Retry-After included."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from hive_framework import Hive, HiveConfig, ParallelSkill
+from redis.asyncio import Redis
+
+from hive_plugin_scrape.polite import RedisPoliteness
+
+from scrape_helpers import ArticleServer
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+async def clients(hive_config: HiveConfig) -> AsyncIterator[list[Redis]]:
+    """Two separate Redis connections, as two spores on two machines would have."""
+    made = [Redis.from_url(hive_config.effective_redis_url()) for _ in range(2)]
+    yield made
+    for client in made:
+        await client.aclose()
+
+
+async def test_two_spores_share_one_schedule_per_host(hive_config: HiveConfig, clients: list[Redis]) -> None:
+    spore_a, spore_b = (RedisPoliteness(c, f"{hive_config.key_prefix}:scrape") for c in clients)
+    # Given two spores taking turns on one host, 0.5 s apart
+    waits = [await spore_a.take_turn("news.example", 0.5), await spore_b.take_turn("news.example", 0.5),
+             await spore_a.take_turn("news.example", 0.5)]
+    # Then each is told to wait its turn, whichever spore asked
+    assert waits[0] == 0
+    assert 0.4 <= waits[1] <= 0.5 and 0.9 <= waits[2] <= 1.0, waits
+    # and another host is not held up by the first
+    assert await spore_b.take_turn("other.example", 0.5) == 0
+
+
+async def test_a_retry_after_told_to_one_spore_holds_every_spore_off(
+    hive_config: HiveConfig, clients: list[Redis]
+) -> None:
+    spore_a, spore_b = (RedisPoliteness(c, f"{hive_config.key_prefix}:scrape") for c in clients)
+    await spore_a.hold_off("busy.example", 5)
+    wait = await spore_b.take_turn("busy.example", 0)
+    assert 4.5 <= wait <= 5.0
+    # a shorter hold-off never shortens a longer one
+    await spore_b.hold_off("busy.example", 1)
+    assert await spore_a.take_turn("busy.example", 0) >= 4.0
+
+
+async def test_the_schedule_keys_live_under_the_hive_prefix_and_expire(
+    hive_config: HiveConfig, clients: list[Redis]
+) -> None:
+    polite = RedisPoliteness(clients[0], f"{hive_config.key_prefix}:scrape")
+    await polite.take_turn("News.Example:8080", 2)
+    key = f"{hive_config.key_prefix}:scrape:host:news.example:8080"
+    assert await clients[0].exists(key) == 1
+    assert 0 < await clients[0].pttl(key) <= 3000
+
+
+@pytest.mark.parametrize("scrape_settings", [{
+    "allow_hosts": ["127.0.0.1"], "politeness_delay": 1.0, "per_host_concurrency": 8, "read_timeout": 2,
+}])
+async def test_pages_of_one_host_are_spaced_across_spores_while_other_hosts_go_at_once(
+    hive: Hive, run_spore: Any, make_servers: Any, scrape_settings: dict[str, Any]
+) -> None:
+    # Given two spores and three sites with three pages each
+    sites: list[ArticleServer] = make_servers(3)
+    await run_spore(name="a", concurrency=5)
+    await run_spore(name="b", concurrency=5)
+    urls = [site.url(f"/en/page-{n}") for n in range(3) for site in sites]
+    # When they are summarised
+    report = json.loads(await ParallelSkill(hive.broker).map_reduce("summarise", json.dumps(urls), wait_timeout=60))
+    assert report["summary"]["completed"] == 9, report
+    assert len({r["node"] for r in report["results"]}) == 2
+    # Then each site saw its pages 1 s apart (less the jitter of a busy test machine), though two spores fetched them
+    for site in sites:
+        gaps = [b - a for a, b in itertools.pairwise(sorted(site.arrivals))]
+        assert len(gaps) == 2 and all(gap >= 0.75 for gap in gaps), gaps
+    # while the sites' first pages were fetched together, not one site after another
+    firsts = [min(site.arrivals) for site in sites]
+    assert max(firsts) - min(firsts) < 0.75, firsts
+
+

@@ -1,0 +1,80 @@
+"""Fencing: an attempt whose lease lapsed and which ran again elsewhere never saves over the newer attempt.
+
+Runs against the engine ``HIVE_TEST_BROKER`` names (both in CI); the two attempts are driven through the
+engine-neutral :class:`AttemptRunner`, as a spore's worker drives them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from hive_framework import Kernel, TaskMessage, TaskStatus
+from hive_framework.broker import AttemptRunner, Delivery
+
+from .integration_helpers import BASIC
+
+pytestmark = [pytest.mark.redis]
+
+
+@pytest.fixture
+def hive_kernel(hive_config):
+    return Kernel(hive_config, apps=[BASIC])
+
+
+def _runner(hive: Any, node: str, result: str) -> AttemptRunner:
+    async def execute(message: TaskMessage) -> str:
+        return result
+
+    return AttemptRunner(hive.broker, node_id=node, node_name=node, concurrency=1, execute=execute)
+
+
+async def _delivery(hive: Any, task_id: str) -> Delivery:
+    message = await hive.status(task_id)
+    # A receipt that settles nothing real (streams: an entry id no stream holds; arq: unused).
+    return Delivery(task_id=task_id, job_id=message.engine_job_id, receipt=(message.queue, "0-1"))
+
+
+async def test_a_lapsed_attempt_does_not_overwrite_the_newer_one(hive):
+    # Given a task begun on spore a, whose lease then lapsed, so spore b began it again (attempt 2)
+    task_id = await hive.submit("echo", {"x": 1})
+    delivery = await _delivery(hive, task_id)
+    (old,) = await _runner(hive, "a", "from a").begin([delivery])
+    (new,) = await _runner(hive, "b", "from b").begin([delivery])
+    assert (old.message.attempt, new.message.attempt) == (1, 2)
+
+    # When the old attempt finishes while the new one still runs
+    assert await _runner(hive, "a", "from a").run(old) is None
+
+    # Then its outcome is dropped: the record still shows attempt 2 running on b
+    stored = await hive.status(task_id)
+    assert (stored.status, stored.attempt, stored.assigned_node, stored.result) == (TaskStatus.RUNNING, 2, "b", None)
+
+    # and when the new attempt finishes, its outcome is the one kept
+    await _runner(hive, "b", "from b").run(new)
+    stored = await hive.status(task_id)
+    assert (stored.status, stored.attempt, stored.assigned_node, stored.result) == (
+        TaskStatus.COMPLETED, 2, "b", "from b"
+    )
+
+    # and an old attempt arriving even later does not reopen or overwrite the finished task
+    await _runner(hive, "a", "from a").run(old)
+    assert (await hive.status(task_id)).result == "from b"
+
+
+async def test_a_requeued_zombie_attempt_does_not_overwrite_the_requeued_task(hive):
+    # Given a task begun on spore a, then re-queued by the watchdog as a zombie (a fresh engine job)
+    task_id = await hive.submit("echo", {"x": 1})
+    (old,) = await _runner(hive, "a", "from a").begin([await _delivery(hive, task_id)])
+    assert await hive.broker.requeue_zombie(old.message, "node a stopped beating") == "pending"
+
+    # When spore a comes back and reports its attempt
+    await _runner(hive, "a", "from a").run(old)
+
+    # Then the re-queued task is untouched: pending under its new job, no result
+    stored = await hive.status(task_id)
+    assert stored.status == TaskStatus.PENDING
+    assert stored.engine_job_id != old.message.engine_job_id
+    assert stored.result is None
+    await hive.cancel(task_id)

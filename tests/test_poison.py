@@ -1,0 +1,140 @@
+"""Poison isolation: arbitrary bytes planted in every kind of key the hive writes never stop a spore, a watchdog
+sweep, the Monitor's snapshot or the broker's API calls; an undecodable task record is quarantined once with
+its raw bytes and reason, acknowledged, and does not come back. Runs on the engine ``HIVE_TEST_BROKER`` names."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import uuid
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hive_framework import Kernel, TaskStatus
+from hive_framework.broker.placement import registry_key, unserved_key
+from hive_framework.broker.poison import RAW_CAP, dead_records
+from hive_framework.hive import Hive
+from hive_framework.monitor.collector import Monitor
+from hive_framework.nexus import Watchdog
+from hive_framework.spore import Spore
+
+from .integration_helpers import BASIC
+
+pytestmark = pytest.mark.redis
+
+junk = st.binary(min_size=0, max_size=300)
+
+
+async def plant(hive: Hive, tag: str, data: st.DataObject) -> tuple[str, bytes]:
+    """Arbitrary bytes in every key type the hive writes; returns the planted task's id and record."""
+    broker, keys, redis = hive.broker, hive.broker.keys, hive.broker.redis
+    engine = broker.engine
+    bad_id = f"bad-{tag}"
+    record = data.draw(junk.filter(lambda b: not _decodes(b)), label="task record")
+    await redis.set(keys.task(bad_id), record)
+    for status in (TaskStatus.RUNNING, TaskStatus.PENDING, TaskStatus.FAILED):
+        await redis.zadd(keys.status_index(status), {bad_id: 1})
+        await redis.zadd(keys.status_index(status), {data.draw(junk, label="index member") or b"x": 1})
+    await redis.zadd(keys.dead_letters, {bad_id: 1, data.draw(junk, label="dead member") or b"y": 2})
+    await redis.zadd(keys.unrouted, {bad_id: 1, data.draw(junk, label="unrouted member") or b"z": 2})
+    # a heartbeat and a node info that do not decode, and a node id that is garbage
+    await redis.set(keys.node(f"n-{tag}"), data.draw(junk, label="heartbeat"), px=60_000)
+    await redis.sadd(keys.nodes, f"n-{tag}", data.draw(junk, label="node id") or b"w")
+    await redis.hset(keys.node_infos, f"n-{tag}", data.draw(junk, label="node info"))
+    await redis.hset(keys.node_infos, data.draw(junk, label="node info field") or b"v", b"{")
+    # a reply list and a map-reduce job that do not decode
+    await redis.rpush(keys.reply(f"m-{tag}"), data.draw(junk, label="reply"))
+    await redis.zadd(keys.jobs, {data.draw(junk, label="job id") or b"j": 1})
+    # the task types: the registry of advertised options, the waiting-for-a-spore index, the queued types
+    await redis.hset(registry_key(keys), f"remote-{tag}", data.draw(junk, label="advertised options"))
+    await redis.hset(registry_key(keys), data.draw(junk, label="registry field") or b"r", b"[1]")
+    await redis.zadd(unserved_key(keys), {bad_id: 1, data.draw(junk, label="unserved member") or b"u": 2})
+    await redis.sadd(engine.key("types"), data.draw(junk, label="queued type") or b"t")
+    # the queue the spore reads (its type's): the planted task's job, plus an entry or job that is garbage
+    queue = engine.queue_for(0, None, "echo")
+    if engine.name == "streams":
+        await redis.xadd(queue, {"t": bad_id, "j": bad_id})
+        await redis.xadd(queue, {data.draw(junk, label="field") or b"f": data.draw(junk)})
+        await redis.zadd(engine.delayed, {data.draw(junk, label="delayed member") or b"d": 0})
+        await redis.hset(engine.entries, data.draw(junk, label="entries field") or b"e", data.draw(junk))
+    else:
+        await redis.psetex(engine.arq_keys.job(bad_id), 60_000, data.draw(junk, label="arq job"))
+        await redis.zadd(queue, {bad_id: 0})
+    # and a broadcast that does not decode
+    await redis.publish(keys.broadcast_channel, data.draw(junk, label="broadcast"))
+    return bad_id, record
+
+
+def _decodes(raw: bytes) -> bool:
+    try:
+        json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    return True
+
+
+@pytest.fixture
+def hive_kernel(hive_config):
+    return Kernel(hive_config, apps=[BASIC])
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_planted_garbage_in_every_key_type_stops_nothing(hive_config, data):
+    async def scenario() -> None:
+        kernel = Kernel(hive_config, apps=[BASIC])
+        hive = await Hive(kernel).open()
+        tag = uuid.uuid4().hex[:8]
+        spore = Spore(kernel, name=f"p-{tag}", concurrency=2)
+        runner = asyncio.create_task(spore.run(install_signals=False))
+        try:
+            await spore.wait_ready()
+            # Given garbage in every key type, under a live spore
+            bad_id, record = await plant(hive, tag, data)
+
+            # When a good task is submitted after it, and a watchdog sweeps, and the Monitor reads everything
+            good = await hive.submit("echo", {"n": 1})
+            watchdog = Watchdog(hive.broker, interval=1.0)
+            await watchdog.sweep()
+            await watchdog.sweep()
+            assert await Monitor(hive.broker).snapshot()
+
+            # Then the spore kept serving: the good task completes
+            done = await hive.wait(good, timeout=30)
+            assert done.status == TaskStatus.COMPLETED
+            assert not runner.done()
+            # and the broker's calls all answer
+            await hive.queue_stats()
+            await hive.nodes()
+            await hive.broker.get_cluster_nodes()
+            await hive.broker.dead_letters()
+            view = await hive.broker.type_view(fresh=True)
+            assert "echo" in view.served
+            await hive.submit(f"remote-{tag}", {}, allow_unknown=True)  # options garbage: the hive's defaults
+            assert await hive.status(bad_id) is None
+            # and the poison task record is quarantined once, raw bytes and reason kept, its key gone
+            found = [r for r in await dead_records(hive.broker.redis, hive.broker.keys, limit=10_000)
+                     if r["record"] == hive.broker.keys.task(bad_id)]
+            assert len(found) == 1
+            raw = await _raw(hive, bad_id)
+            assert raw is None
+            kept = base64.b64decode(found[0]["raw_base64"])
+            assert kept == record[:RAW_CAP]
+            assert found[0]["reason"]
+            for status in TaskStatus:
+                assert await hive.broker.redis.zscore(hive.broker.keys.status_index(status), bad_id) is None
+        finally:
+            spore.request_stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(runner, 30)
+            await hive.close()
+
+    asyncio.run(scenario())
+
+
+async def _raw(hive: Hive, task_id: str) -> bytes | None:
+    return await hive.broker.redis.get(hive.broker.keys.task(task_id))

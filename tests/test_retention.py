@@ -1,0 +1,116 @@
+"""Bounded memory without any reader: final status indexes and dead letters are trimmed by their writers and by
+the watchdog's sweep, offline nodes are forgotten, and consumers of stopped spores leave the stream groups."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from hive_framework import Kernel, TaskStatus, wire
+from hive_framework.models import NodeInfo
+from hive_framework.nexus import Watchdog
+from hive_framework.testing import async_wait_until, fast_config
+
+from .integration_helpers import BASIC
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def hive_config(hive_redis_url):
+    from hive_framework.testing import delete_namespace
+
+    config = fast_config(hive_redis_url, result_ttl=1.0)
+    yield config
+    delete_namespace(hive_redis_url, config)
+
+
+@pytest.fixture
+def hive_kernel(hive_config):
+    return Kernel(hive_config, apps=[BASIC])
+
+
+async def test_final_indexes_and_dead_letters_are_trimmed_by_their_writers(hive, run_spore):
+    # Given tasks that completed and failed, whose records then expired (HIVE_RESULT_TTL=1 s here)
+    await run_spore(name="trim", concurrency=4)
+    first = [await hive.submit("echo", {"i": i}) for i in range(5)]
+    failed = [await hive.submit("always_fail", {}, max_retries=0) for _ in range(3)]
+    for task_id in first + failed:
+        await hive.wait(task_id, timeout=30)
+    redis, keys = hive.broker.redis, hive.broker.keys
+
+    async def expired() -> bool:
+        return not await redis.exists(*[keys.task(t) for t in first + failed])
+
+    await async_wait_until(expired, timeout=15, what="the records to expire")
+    assert await redis.zcard(keys.status_index(TaskStatus.COMPLETED)) == 5  # nothing read them since
+
+    # When one more task completes and one more fails (no reader calls get_queue_stats)
+    last = await hive.submit("echo", {"i": 99})
+    last_failed = await hive.submit("always_fail", {}, max_retries=0)
+    await hive.wait(last, timeout=30)
+    await hive.wait(last_failed, timeout=30)
+
+    # Then the indexes and the dead letters hold only entries whose record still exists
+    assert [m.decode() for m in await redis.zrange(keys.status_index(TaskStatus.COMPLETED), 0, -1)] == [last]
+    assert [m.decode() for m in await redis.zrange(keys.status_index(TaskStatus.FAILED), 0, -1)] == [last_failed]
+    assert [m.decode() for m in await redis.zrange(keys.dead_letters, 0, -1)] == [last_failed]
+
+
+async def test_a_sweep_trims_old_entries_and_forgets_long_offline_nodes(hive):
+    # Given index entries, dead letters and job ids older than HIVE_RESULT_TTL, and a node offline that long
+    redis, keys = hive.broker.redis, hive.broker.keys
+    old = time.time() - 3600
+    await redis.zadd(keys.status_index(TaskStatus.COMPLETED), {"gone-1": old, "gone-2": old})
+    await redis.zadd(keys.dead_letters, {"gone-3": old})
+    await redis.zadd(keys.jobs, {"job-1": old})
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    info = NodeInfo(node_id="host-1234", node_name="host-1234", host="host", pid=1234, last_heartbeat=long_ago,
+                    started_at=long_ago)
+    await redis.hset(keys.node_infos, "host-1234", wire.dumps(info))
+    await redis.sadd(keys.nodes, "host-1234")
+    # and a fresh entry
+    await redis.zadd(keys.status_index(TaskStatus.COMPLETED), {"fresh": time.time()})
+
+    # When the leader's watchdog sweeps
+    await Watchdog(hive.broker, interval=1.0).sweep()
+
+    # Then only the fresh entry is left, and the node id is forgotten
+    assert await redis.zrange(keys.status_index(TaskStatus.COMPLETED), 0, -1) == [b"fresh"]
+    assert await redis.zcard(keys.dead_letters) == 0
+    assert await redis.zcard(keys.jobs) == 0
+    assert not await redis.hexists(keys.node_infos, "host-1234")
+    assert not await redis.sismember(keys.nodes, "host-1234")
+
+
+async def test_consumers_of_stopped_spores_leave_the_stream_groups(hive, run_spore):
+    if hive.broker.engine.name != "streams":
+        pytest.skip("stream groups are the streams engine's")
+    from hive_framework.engines.streams.worker import GROUP
+
+    spore = await run_spore(name="pruner", concurrency=1)
+    engine, redis = hive.broker.engine, hive.broker.redis
+    stream = engine.type_stream(0, sorted(spore.kernel.task_types)[0])
+
+    async def group_made() -> bool:
+        return bool(await redis.exists(stream)) and bool(await redis.xinfo_groups(stream))
+
+    await async_wait_until(group_made, timeout=15, what="the spore's consumer group")
+    # Given consumers left behind by killed spores: two holding nothing, one holding an entry
+    for name in ("dead-1", "dead-2"):
+        await redis.xgroup_createconsumer(stream, GROUP, name)
+    spore.pause()
+    await redis.xadd(stream, {"t": "orphan", "j": "orphan"})
+    assert await redis.xreadgroup(GROUP, "dead-3", {stream: ">"}, count=1)
+
+    # When a spore prunes idle consumers
+    removed = await spore.worker.prune_consumers(idle_s=0)
+
+    # Then the empty ones are gone and the one holding an entry stays (its entry is taken over first)
+    names = {c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+             for c in await redis.xinfo_consumers(stream, GROUP)}
+    assert removed >= 2
+    assert not {"dead-1", "dead-2"} & names
+    assert "dead-3" in names
