@@ -78,3 +78,29 @@ async def test_a_requeued_zombie_attempt_does_not_overwrite_the_requeued_task(hi
     assert stored.engine_job_id != old.message.engine_job_id
     assert stored.result is None
     await hive.cancel(task_id)
+
+
+async def test_an_attempt_begun_from_a_stale_read_does_not_reopen_a_finished_task(hive, monkeypatch):
+    # Given a task begun on spore a, and spore b reading it then (its lease lapsing in a partition)
+    task_id = await hive.submit("echo", {"x": 1})
+    delivery = await _delivery(hive, task_id)
+    (first,) = await _runner(hive, "a", "from a").begin([delivery])
+    stale = await hive.broker.get_tasks([task_id])
+
+    # When a's outcome lands before b's begin is written (the partition healed in between)
+    await _runner(hive, "a", "from a").run(first)
+
+    async def read_before_the_outcome(task_ids: Any) -> Any:
+        return stale
+
+    monkeypatch.setattr(hive.broker, "get_tasks", read_before_the_outcome)
+    begun = await _runner(hive, "b", "from b").begin([delivery])
+    monkeypatch.undo()
+
+    # Then b begins nothing: the task stays completed by a, with one recorded outcome
+    assert begun == []
+    stored = await hive.status(task_id)
+    assert (stored.status, stored.attempt, stored.assigned_node, stored.result) == (
+        TaskStatus.COMPLETED, 1, "a", "from a"
+    )
+    assert await hive.broker.redis.llen(hive.broker.keys.done(task_id)) == 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .attempts import AttemptRunner, Start, begin_attempt
 from .base import MessageBroker
-from .engine import Attempt, Delivery, Engine, Previous, TaskRunner, Worker
+from .engine import Attempt, Delivery, Engine, Fence, Guard, Previous, TaskRunner, Worker
 from .specs import TaskSpec
 
 __all__ = [
@@ -16,6 +16,8 @@ __all__ = [
     "AttemptRunner",
     "Delivery",
     "Engine",
+    "Fence",
+    "Guard",
     "MessageBroker",
     "Previous",
     "Start",

@@ -19,7 +19,7 @@ from ..errors import UnknownTaskType, WireError
 from ..models import TaskMessage, TaskStatus, utcnow
 from ..outage import RedisLink, is_outage
 from ..policies import retry_delay
-from .engine import Attempt, Delivery, Previous
+from .engine import Attempt, Delivery, Fence, Guard, Previous
 
 if TYPE_CHECKING:
     from .base import MessageBroker
@@ -90,11 +90,15 @@ class AttemptRunner:
         engine = self.broker.engine
         messages = await self.broker.get_tasks([d.task_id for d in deliveries])
         skips: list[Delivery] = []
-        exhausted: list[tuple[TaskMessage, Previous, Delivery | None]] = []
+        exhausted: list[tuple[TaskMessage, Previous, Guard]] = []
         runs: list[tuple[TaskMessage, Delivery]] = []
         previous: list[Previous] = []
+        as_read: list[Fence | None] = []
         for delivery, message in zip(deliveries, messages, strict=True):
             before = message.status if message is not None else None
+            # The record must be unchanged when the attempt's write lands: another spore may have finished or
+            # begun the task since it was read (a lapsed lease, a reply lost in a partition).
+            read = Fence.of(message) if message is not None else None
             start = begin_attempt(message, delivery.job_id, self.node_id)
             if message is None:
                 self.log.warning("task %s has no record (expired or deleted); dropping its job", delivery.task_id)
@@ -102,10 +106,11 @@ class AttemptRunner:
             elif start is Start.SKIP:
                 skips.append(delivery)
             elif start is Start.EXHAUSTED:
-                exhausted.append((message, before, delivery))
+                exhausted.append((message, before, attrs.evolve(delivery, fence=read)))
             else:
                 runs.append((message, delivery))
                 previous.append(before)
+                as_read.append(read)
         await engine.settle(skips)
         given_up = await self.broker.record_attempts(exhausted)
         kernel = self.broker.kernel
@@ -114,11 +119,13 @@ class AttemptRunner:
                 if ok:
                     await kernel.run_lifecycle("on_task_failure", task=message, error=message.error or "",
                                                exception=None, node_id=self.node_id)
-        saved = await self.broker.record_attempts([(m, p, None) for (m, _), p in zip(runs, previous, strict=True)])
+        saved = await self.broker.record_attempts(
+            [(m, p, f) for (m, _), p, f in zip(runs, previous, as_read, strict=True)]
+        )
         refused = [d for (_, d), ok in zip(runs, saved, strict=True) if not ok]
         await engine.settle(refused)
         return [
-            Attempt(m, attrs.evolve(d, fence=(m.attempt, m.engine_job_id, self.node_id)))
+            Attempt(m, attrs.evolve(d, fence=Fence.running(m.attempt, m.engine_job_id, self.node_id)))
             for (m, d), ok in zip(runs, saved, strict=True) if ok
         ]
 

@@ -27,7 +27,7 @@ from ..errors import BrokerNotConnected, InvalidTask, WaitTimeout, WireError
 from ..models import NodeInfo, TaskMessage, TaskProgress, TaskStatus, utcnow
 from ..redisutil import awaited, text, texts
 from .cluster import ClusterMixin
-from .engine import Delivery, Engine, Previous
+from .engine import Delivery, Engine, Guard, Previous
 from .placement import UNSERVED, TypeView, unserved_key, unserved_reason
 from .poison import quarantine
 from .records import add_to_pipeline, status_commands
@@ -457,7 +457,7 @@ return held
         (saved,) = await self.record_attempts([(message, previous, delivery)])
         return saved
 
-    async def record_attempts(self, items: Sequence[tuple[TaskMessage, Previous, Delivery | None]]) -> list[bool]:
+    async def record_attempts(self, items: Sequence[tuple[TaskMessage, Previous, Guard]]) -> list[bool]:
         """Record several spores' progress through the engine (each unless cancelled); a flag per item.
 
         Dependents of tasks that became final are started (or failed) afterwards.

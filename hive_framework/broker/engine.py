@@ -37,6 +37,51 @@ Previous = TaskStatus | str | None
 
 
 @attrs.frozen
+class Fence:
+    """What the stored task record must still show for a save to apply, checked in the same atomic step.
+
+    A spore's saves are read-modify-writes of the record: beginning an attempt reads the record and writes it
+    back running; finishing writes the outcome of the attempt it began. Without the check a late write
+    (a lapsed lease, a reply lost in a partition) lands over a newer one: a second attempt begun over a
+    finished task runs it again and records a second outcome.
+    """
+
+    status: str
+    attempt: int
+    job: str
+    #: ``""`` for a record with no node.
+    node: str
+
+    @classmethod
+    def running(cls, attempt: int, job: str, node: str) -> Fence:
+        """The fence of an attempt that began: that attempt, running on ``node`` under ``job``."""
+        return cls(TaskStatus.RUNNING.value, attempt, job, node)
+
+    @classmethod
+    def of(cls, message: TaskMessage) -> Fence:
+        """The fence of a record as read: it must be unchanged when the write lands."""
+        return cls(message.status.value, message.attempt, message.engine_job_id or "", message.assigned_node or "")
+
+    def argv(self) -> list[str]:
+        """The fence as arguments of the streams engine's ``guarded.lua``."""
+        return [self.status, str(self.attempt), self.job, self.node]
+
+    def holds(self, raw: bytes | str | None) -> bool:
+        """Whether the stored record ``raw`` still shows what the fence expects (the Python twin of the check
+        in the streams engine's ``guarded.lua``); a missing or undecodable record does not."""
+        if raw is None:
+            return False
+        try:
+            record = json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return False
+        if not isinstance(record, dict):
+            return False
+        return (record.get("status"), record.get("attempt"), record.get("engine_job_id") or "",
+                record.get("assigned_node") or "") == (self.status, self.attempt, self.job, self.node)
+
+
+@attrs.frozen
 class Delivery:
     """One job an engine handed to a spore: the task it carries and the engine's receipt for it."""
 
@@ -44,34 +89,29 @@ class Delivery:
     job_id: str
     #: Opaque to everyone but the engine (a stream entry, an ARQ job id...).
     receipt: Any = None
-    #: Set once the attempt began: the (attempt, engine job id, node) the task record must still show for this
-    #: attempt's outcome to be saved. An attempt whose lease lapsed and which ran again elsewhere (or was
-    #: re-queued by the watchdog) finds the record moved on, and its late outcome is dropped, not saved over
-    #: the newer attempt's.
-    fence: tuple[int, str, str] | None = None
+    #: Set once the attempt began: the record must still show this attempt running for its outcome to be
+    #: saved. An attempt whose lease lapsed and which ran again elsewhere (or was re-queued by the watchdog)
+    #: finds the record moved on, and its late outcome is dropped, not saved over the newer attempt's.
+    fence: Fence | None = None
+
+
+#: What a save checks and settles besides the record: a delivery (settled with the save, under its fence),
+#: a bare fence (a save that settles nothing, such as beginning an attempt), or nothing.
+Guard = Delivery | Fence | None
+
+
+def guard_parts(guard: Guard) -> tuple[Delivery | None, Fence | None]:
+    """The delivery to settle and the fence to check of a save's ``guard``."""
+    if isinstance(guard, Fence):
+        return None, guard
+    return guard, (guard.fence if guard is not None else None)
 
 
 def fenced(message: TaskMessage) -> None:
-    """Log an outcome an engine did not save because a newer attempt owns the task (see ``Delivery.fence``)."""
-    logger.warning("task %s: the outcome of attempt %d is not saved: the record no longer shows this attempt "
-                   "running (its lease lapsed and a newer attempt or a re-queue owns the task, or this same save "
-                   "landed before its reply was lost)", message.task_id, message.attempt)
-
-
-def fence_holds(raw: bytes | str | None, fence: tuple[int, str, str]) -> bool:
-    """Whether the stored task record ``raw`` still shows the fenced attempt running (the Python twin of the
-    check in the streams engine's ``guarded.lua``)."""
-    if raw is None:
-        return False
-    try:
-        record = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return False
-    if not isinstance(record, dict):
-        return False
-    attempt, job, node = fence
-    return (record.get("status"), record.get("attempt"), record.get("engine_job_id"), record.get("assigned_node")) \
-        == ("running", attempt, job, node)
+    """Log a save an engine did not apply because the record moved on (see :class:`Fence`)."""
+    logger.warning("task %s: attempt %d's %s save is not applied: the record moved on (its lease lapsed and a "
+                   "newer attempt, a re-queue or another spore owns the task, or this same save landed before "
+                   "its reply was lost)", message.task_id, message.attempt, message.status.value)
 
 
 @attrs.define
@@ -221,11 +261,11 @@ class Engine(abc.ABC):
     # --- the consumer side -----------------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def record(self, items: Sequence[tuple[TaskMessage, Previous, Delivery | None]]) -> list[list[str] | None]:
+    async def record(self, items: Sequence[tuple[TaskMessage, Previous, Guard]]) -> list[list[str] | None]:
         """Save each task's progress unless it was cancelled meanwhile (the cancellation stands), settling
-        its delivery in the same step (a retrying task's job is scheduled again, a pending one handed back).
-        A delivery with a ``fence`` is saved only while the stored record still is that attempt, running
-        (see :attr:`Delivery.fence`), checked in the same atomic step as the save.
+        its delivery, if the guard is one, in the same step (a retrying task's job is scheduled again, a
+        pending one handed back). A guard with a :class:`Fence` (a bare one, or a delivery's) saves only while
+        the stored record still shows what the fence expects, checked in the same atomic step as the save.
 
         Per item: ``None`` where the cancellation or the fence won, else the ids of the tasks waiting on it when it is
         now final (``[]`` otherwise); the broker releases those.

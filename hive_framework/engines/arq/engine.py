@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from arq.jobs import serialize_job
 from redis.exceptions import WatchError
 
-from ...broker.engine import Delivery, Engine, Previous, TaskRunner, fence_holds, fenced
+from ...broker.engine import Delivery, Engine, Guard, Previous, TaskRunner, fenced, guard_parts
 from ...broker.records import add_to_pipeline, status_commands
 from ...models import HIGH_PRIORITY_LEVEL, TaskMessage
 from ...redisutil import texts
@@ -105,22 +105,23 @@ class ArqEngine(Engine):
         await self.redis.delete(self.arq_keys.job(job))
         return True
 
-    async def record(self, items: Sequence[tuple[TaskMessage, Previous, Delivery | None]]) -> list[list[str] | None]:
+    async def record(self, items: Sequence[tuple[TaskMessage, Previous, Guard]]) -> list[list[str] | None]:
         """Check the cancellation markers and the fences, then save the others in one transaction (ARQ settles
         its own jobs). The markers and the fenced records are watched, so a cancel or a newer attempt landing
         between the check and the save makes the transaction start over, never be overwritten."""
         if not items:
             return []
+        fences = [guard_parts(guard)[1] for _, _, guard in items]
         watched = [self.keys.cancelled(m.task_id) for m, _, _ in items]
-        watched += [self.keys.task(m.task_id) for m, _, d in items if d is not None and d.fence is not None]
+        watched += [self.keys.task(m.task_id) for (m, _, _), f in zip(items, fences, strict=True) if f is not None]
         while True:
             async with self.redis.pipeline(transaction=True) as pipe:
                 await pipe.watch(*watched)
                 refused: list[bool] = []
-                for message, _, delivery in items:
+                for (message, _, _), fence in zip(items, fences, strict=True):
                     gone = bool(await pipe.exists(self.keys.cancelled(message.task_id)))
-                    fence = None if gone or delivery is None else delivery.fence
-                    if fence is not None and not fence_holds(await pipe.get(self.keys.task(message.task_id)), fence):
+                    stored = await pipe.get(self.keys.task(message.task_id)) if fence is not None and not gone else None
+                    if fence is not None and not gone and not fence.holds(stored):
                         fenced(message)
                         gone = True
                     refused.append(gone)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError
 
-from ...broker.engine import Delivery, Engine, Previous, TaskRunner, fenced
+from ...broker.engine import Delivery, Engine, Guard, Previous, TaskRunner, fenced, guard_parts
 from ...broker.records import Command, status_commands
 from ...models import HIGH_PRIORITY_LEVEL, TaskMessage, TaskStatus
 from ...policies import retry_delay
@@ -137,10 +137,10 @@ class StreamsEngine(Engine):
                     pipe.execute_command(*command)
             await pipe.execute()
 
-    def _guarded_args(
-        self, message: TaskMessage, previous: Previous, delivery: Delivery | None
-    ) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of the guarded call that saves ``message`` and settles ``delivery``."""
+    def _guarded_args(self, message: TaskMessage, previous: Previous, guard: Guard) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the guarded call that saves ``message`` under the guard's fence and settles its
+        delivery."""
+        delivery, fence = guard_parts(guard)
         commands = status_commands(self.keys, self.config, message, previous)
         if delivery is not None:
             stream = delivery.receipt[0]
@@ -153,22 +153,21 @@ class StreamsEngine(Engine):
                 commands.append(("HIVE.REQUEUE", stream, self.entries, message.task_id, message.engine_job_id))
         if message.is_terminal:
             commands.append(("SMEMBERS", self.keys.dependents(message.task_id)))
-        fence = delivery.fence if delivery is not None else None
-        argv: list[Any] = [str(fence[0]), fence[1], fence[2]] if fence else ["", "", ""]
+        argv: list[Any] = fence.argv() if fence is not None else ["", "", "", ""]
         for command in commands:
             argv += [len(command), *command]
         return [self.keys.cancelled(message.task_id), self.keys.task(message.task_id)], argv
 
-    async def record(self, items: Sequence[tuple[TaskMessage, Previous, Delivery | None]]) -> list[list[str] | None]:
+    async def record(self, items: Sequence[tuple[TaskMessage, Previous, Guard]]) -> list[list[str] | None]:
         """One guarded Lua call per item; items recorded in the same event-loop turn (tasks finishing together)
         share one pipelined round trip."""
         loop = asyncio.get_running_loop()
         futures = []
-        for message, previous, delivery in items:
+        for message, previous, guard in items:
             future: asyncio.Future[Any] = loop.create_future()
             if not self._save_queue:
                 loop.call_soon(self._start_flush)
-            self._save_queue.append((self._guarded_args(message, previous, delivery), future))
+            self._save_queue.append((self._guarded_args(message, previous, guard), future))
             futures.append(future)
         replies = await asyncio.gather(*futures)
         out: list[list[str] | None] = []

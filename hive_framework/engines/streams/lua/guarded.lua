@@ -2,11 +2,11 @@
 --
 -- KEYS[1]  {prefix}:cancelled:{task id}: when it exists nothing is written and false is returned
 -- KEYS[2]  {prefix}:task:{task id}, the task record (read only, for the fence)
--- ARGV[1..3]  the fence: attempt, engine job id, node id. When ARGV[1] is not empty the record must still
---          show that attempt running on that node under that job, else nothing is written and 'fenced' is
---          returned (the attempt's lease lapsed and a newer attempt owns the task). A record that does not
---          decode is fenced too.
--- ARGV[4..] a flat list of commands, each as: argument count, command name, arguments...
+-- ARGV[1..4]  the fence: status, attempt, engine job id, node id ('' for none). When ARGV[1] is not empty
+--          the record must still show exactly these, else nothing is written and 'fenced' is returned (an
+--          outcome whose lease lapsed and a newer attempt owns the task; an attempt begun over a record that
+--          moved on since it was read). A record that does not decode is fenced too.
+-- ARGV[5..] a flat list of commands, each as: argument count, command name, arguments...
 --          The commands are the task record's status writes (SET/PSETEX {prefix}:task:{id}, ZADD/ZREM on
 --          {prefix}:status:*, {prefix}:dead, RPUSH/PEXPIRE {prefix}:done:{id}, XADD/PEXPIRE the job's
 --          events stream), then the settling of its stream entry (XACK + XDEL on the entry's stream, HDEL
@@ -22,12 +22,15 @@ if ARGV[1] ~= '' then
   local raw = redis.call('GET', KEYS[2])
   if not raw then return 'fenced' end
   local ok, rec = pcall(cjson.decode, raw)
-  if not ok or type(rec) ~= 'table' or rec['status'] ~= 'running' or tostring(rec['attempt']) ~= ARGV[1]
-      or rec['engine_job_id'] ~= ARGV[2] or rec['assigned_node'] ~= ARGV[3] then
+  if not ok or type(rec) ~= 'table' then return 'fenced' end
+  local job, node = rec['engine_job_id'], rec['assigned_node']
+  if job == nil or job == cjson.null then job = '' end
+  if node == nil or node == cjson.null then node = '' end
+  if rec['status'] ~= ARGV[1] or tostring(rec['attempt']) ~= ARGV[2] or job ~= ARGV[3] or node ~= ARGV[4] then
     return 'fenced'
   end
 end
-local i = 4
+local i = 5
 local reply = true
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
