@@ -417,23 +417,40 @@ def schedules(state: CliState, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--records", is_flag=True, help="List the quarantined records (undecodable data set aside) instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @pass_state
-def dead(state: CliState, limit: int, as_json: bool) -> None:
-    """List the dead-letter tasks: failed for good, after their retries."""
+def dead(state: CliState, limit: int, records: bool, as_json: bool) -> None:
+    """List the dead-letter tasks (failed for good, after their retries), or with --records the records that
+    could not be decoded and were quarantined."""
 
-    async def go() -> list[Any]:
+    async def go() -> tuple[list[Any], int]:
         async with MessageBroker(state.kernel()) as broker:
-            return list(await broker.dead_letters(limit))
+            quarantined = int(await broker.redis.zcard(broker.keys.dead_records_index))
+            if records:
+                return await broker.quarantined_records(limit), quarantined
+            return list(await broker.dead_letters(limit)), quarantined
 
-    letters = asyncio.run(go())
-    if as_json:
-        echo_json([wire.to_plain(m) for m in letters])
+    rows, quarantined = asyncio.run(go())
+    if records:
+        if as_json:
+            echo_json(rows)
+            return
+        if not rows:
+            click.echo("no quarantined records")
+        for row in rows:
+            at = datetime.fromtimestamp(float(row.get("at", 0)), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            click.echo(f"{at}  {row.get('record', '?')}  {row.get('size', 0)} bytes  {row.get('reason', '')}")
         return
-    if not letters:
+    if as_json:
+        echo_json([wire.to_plain(m) for m in rows])
+        return
+    if not rows:
         click.echo("no dead letters")
-    for m in letters:
+    for m in rows:
         click.echo(f"{m.task_id}  {m.task_type:<20.20} attempts {m.attempt}  {m.error}")
+    if quarantined:
+        click.echo(f"and {quarantined} quarantined record(s) that could not be decoded: hive dead --records", err=True)
 
 
 @cli.command()

@@ -92,6 +92,7 @@ async def test_metrics_parse_and_their_counts_match_the_queue_stats(hive, client
         assert gauge("hive_tasks", status=status) == stats[f"tasks_{status}"], status
     assert stats["tasks_completed"] == 1 and stats["tasks_failed"] == 1
     assert gauge("hive_dead_letters") == 1
+    assert gauge("hive_quarantined_records") == 0
     assert gauge("hive_zombie_tasks") == 0
     # and the finished tasks were counted and timed once each
     assert gauge("hive_tasks_finished_total", status="completed") == 1

@@ -8,15 +8,18 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import uuid
 
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hive_framework import Kernel, TaskStatus
 from hive_framework.broker.placement import registry_key, unserved_key
 from hive_framework.broker.poison import RAW_CAP, dead_records
+from hive_framework.cli import cli
 from hive_framework.hive import Hive
 from hive_framework.monitor.collector import Monitor
 from hive_framework.nexus import Watchdog
@@ -138,3 +141,35 @@ def test_planted_garbage_in_every_key_type_stops_nothing(hive_config, data):
 
 async def _raw(hive: Hive, task_id: str) -> bytes | None:
     return await hive.broker.redis.get(hive.broker.keys.task(task_id))
+
+
+def test_hive_dead_points_at_quarantined_records_and_lists_them(hive_config, tmp_path, monkeypatch):
+    # Given a task record that does not decode, quarantined when a client read it
+    async def plant_and_read() -> None:
+        hive = await Hive(Kernel(hive_config, apps=[BASIC])).open()
+        try:
+            await hive.broker.redis.set(hive.broker.keys.task("bad-cli"), b"{not json")
+            assert await hive.status("bad-cli") is None
+        finally:
+            await hive.close()
+
+    asyncio.run(plant_and_read())
+    monkeypatch.chdir(tmp_path)  # the CLI reads ./.env and ./hive.toml
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith(("HIVE_", "REDIS_"))}
+    env.update(hive_config.to_env())
+
+    # When the dead letters are listed, then the quarantined record is pointed at
+    plain = CliRunner().invoke(cli, ["dead"], env=env)
+    assert plain.exit_code == 0, plain.output
+    assert "no dead letters" in plain.stdout
+    assert "1 quarantined record(s)" in plain.stderr and "hive dead --records" in plain.stderr
+
+    # and --records lists it with its reason and raw bytes
+    listed = CliRunner().invoke(cli, ["dead", "--records", "--json"], env=env)
+    assert listed.exit_code == 0, listed.output
+    (row,) = json.loads(listed.stdout)
+    assert row["record"].endswith(":task:bad-cli")
+    assert base64.b64decode(row["raw_base64"]) == b"{not json"
+    assert "not valid JSON" in row["reason"]
+    table = CliRunner().invoke(cli, ["dead", "--records"], env=env)
+    assert ":task:bad-cli  9 bytes" in table.stdout

@@ -15,7 +15,7 @@ from .. import wire
 from ..errors import InvalidTask, WireError
 from ..models import BroadcastMessage, BroadcastReply, NodeInfo, TaskMessage, TaskStatus, utcnow
 from ..redisutil import awaited, text, texts
-from .poison import digest, quarantine
+from .poison import dead_records, digest, quarantine
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -108,6 +108,11 @@ class ClusterMixin:
         """Tasks that failed for good, newest first."""
         ids = texts(await self.redis.zrevrange(self.keys.dead_letters, 0, limit - 1))
         return [m for m in await self.get_tasks(ids) if m is not None]
+
+    async def quarantined_records(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Records that could not be decoded and were set aside (``{prefix}:dead:records``), newest first: each
+        with the record's name, the reason, its size, the raw bytes (base64, capped) and when."""
+        return await dead_records(self.redis, self.keys, limit)
 
     async def detect_zombie_tasks(self) -> list[TaskMessage]:
         """Running tasks whose spore is gone (no heartbeat) or that ran past ``HIVE_ZOMBIE_TASK_TIMEOUT``."""

@@ -144,7 +144,9 @@ class MonitorMetrics:
         stats = await broker.get_queue_stats()
         cluster = await monitor.nodes()
         zombies = await broker.detect_zombie_tasks()
-        dead, parked = await monitor.zcards([broker.keys.dead_letters, broker.keys.unrouted])
+        dead, parked, quarantined = await monitor.zcards(
+            [broker.keys.dead_letters, broker.keys.unrouted, broker.keys.dead_records_index]
+        )
 
         depth = GaugeMetricFamily(
             "hive_queue_depth", "Jobs on each shared queue, by priority class (started ones included).",
@@ -199,6 +201,8 @@ class MonitorMetrics:
         families.append(GaugeMetricFamily("hive_zombie_tasks", "Running tasks whose node is lost or that ran "
                                           "past HIVE_ZOMBIE_TASK_TIMEOUT.", value=len(zombies)))
         families.append(GaugeMetricFamily("hive_dead_letters", "Tasks that failed for good.", value=dead))
+        families.append(GaugeMetricFamily("hive_quarantined_records", "Records that could not be decoded, set "
+                                          "aside with their raw bytes (hive dead --records).", value=quarantined))
         families.append(GaugeMetricFamily("hive_parked_tasks", "Tasks waiting for a node that meets their "
                                           "requirements.", value=parked))
         watchdog = monitor.watchdog
