@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 
 from .models import TaskStatus
+from .redisutil import texts
 
 #: Seconds an autoscaler's published state is kept after its last tick (then it is shown no more).
 STATE_TTL = 60.0
@@ -45,10 +46,6 @@ class Backlog:
     read_at: float = attrs.field(factory=time.time)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
-
-
 async def read_backlog(broker: Any, *, limit: int = DEFAULT_LIMIT) -> Backlog:
     """Read the backlog of ``broker``'s hive (a connected :class:`~hive_framework.MessageBroker`)."""
     index = broker.keys.status_index(TaskStatus.PENDING)
@@ -59,7 +56,7 @@ async def read_backlog(broker: Any, *, limit: int = DEFAULT_LIMIT) -> Backlog:
     now = time.time()
     if not entries:
         return Backlog(read_at=now)
-    ids = [_text(raw) for raw, _ in entries]
+    ids = texts(raw for raw, _ in entries)
     raws = await broker.redis.mget([broker.keys.task(t) for t in ids])
     by_queue: dict[str, list[float]] = {}
     by_type: dict[str, int] = {}
