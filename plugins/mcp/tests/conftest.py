@@ -53,10 +53,10 @@ def mcp_env(hive_config: HiveConfig, hive_toml: Path) -> dict[str, str]:
 def spores(spore_processes: Any, hive: Hive, hive_toml: Path) -> Callable[..., Any]:
     """``await spores(2)``: that many spore processes running the test app, online when it returns."""
 
-    async def start(count: int, concurrency: int = 4) -> list[SporeProcess]:
+    async def start(count: int, concurrency: int = 4, env: dict[str, str] | None = None) -> list[SporeProcess]:
         started = [
             spore_processes(f"spore-{i}", apps=(APP,), concurrency=concurrency,
-                            extra_env={"PYTHONPATH": str(TESTS_DIR), "HIVE_CONFIG": str(hive_toml)})
+                            extra_env={"PYTHONPATH": str(TESTS_DIR), "HIVE_CONFIG": str(hive_toml), **(env or {})})
             for i in range(count)
         ]
 

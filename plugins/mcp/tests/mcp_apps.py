@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
-from hive_framework import task
+from hive_framework import TaskMessage, hookimpl, task
 
 #: A map-reduce item arrives as {"item": ..., "description": ...}: the schema says what the item must be.
 SQUARE_SCHEMA: dict[str, Any] = {
@@ -34,3 +35,12 @@ async def nap(payload: dict[str, Any]) -> float:
 def echo(payload: dict[str, Any]) -> dict[str, Any]:
     """Return the payload as it came (no schema: anything goes)."""
     return payload
+
+
+@hookimpl
+async def before_task(task: TaskMessage, node_id: str) -> None:
+    """Scan shards take at least ``MCP_TEST_SHARD_SECONDS`` on spores given it: a cancel then always lands
+    while most shards of a scan are still queued, however loaded the machine is."""
+    seconds = float(os.environ.get("MCP_TEST_SHARD_SECONDS", "0"))
+    if seconds and task.task_type == "security_scan":
+        await asyncio.sleep(seconds)

@@ -154,7 +154,8 @@ async def test_cancelling_a_scan_cancels_its_queued_shards(
     pytest.importorskip("hive_plugin_security_scan")
     for n in range(8):
         (tree["project"] / f"module_{n}.py").write_text(VULNERABLE_CODE, encoding="utf-8")
-    await spores(1, concurrency=1)
+    # one shard at a time, each at least 1 s: the other 8 cannot all finish before the cancel lands
+    await spores(1, concurrency=1, env={"MCP_TEST_SHARD_SECONDS": "1"})
     async with stdio_session(mcp_env, tmp_path / "mcp.log") as client:
         # cancelled once the first shard is done, so the shard tasks certainly exist
         shards = await call_then_cancel(client, "scan", {"path": str(tree["project"]), "shards": 9},
