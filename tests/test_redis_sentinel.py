@@ -5,8 +5,9 @@
 more batches are submitted, and the primary is killed with SIGKILL while the next is in flight; the
 replica runs again and the sentinels promote it, behind by what it missed. The killed node is
 started again empty (as an operator's supervisor would), and the sentinels make it the new primary's
-replica. The test prints the time from the kill to the first task completed on the new primary and,
-per setting of ``HIVE_REDIS_WAIT_REPLICAS``, how many acknowledged tasks were lost.
+replica (never a candidate for promotion itself: ``replica-priority 0``). The test prints the time from
+the kill to the first task completed on the new primary and, per setting of ``HIVE_REDIS_WAIT_REPLICAS``,
+how many acknowledged tasks were lost.
 """
 
 from __future__ import annotations
@@ -94,8 +95,13 @@ class SentinelSet:
             return False
 
     def restart_as_empty(self, node: RedisProcess) -> RedisProcess:
-        """Start a killed node again on its port, empty; the sentinels turn it into a replica."""
-        again = RedisProcess(self.tmp, [], port=node.port, name="restarted")
+        """Start a killed node again on its port, empty; the sentinels turn it into a replica.
+
+        With ``replica-priority 0``: on a loaded machine the new primary can look down for a moment and the
+        sentinels fail over again; promoting this node before its first sync completes would lose everything
+        (a second fault, which no WAIT setting of a one-replica set survives; see the README).
+        """
+        again = RedisProcess(self.tmp, ["--replica-priority", "0"], port=node.port, name="restarted")
         again.wait_listening()
         self.nodes.append(again)
         return again
