@@ -13,6 +13,9 @@ from .errors import WireError
 T = TypeVar("T")
 
 converter = make_converter(forbid_extra_keys=False)
+#: The same encoding without the fields that hold their default: what is stored for long (finished task
+#: records) is kept small, and ``converter`` reads it back whole (a missing field takes its default).
+compact_converter = make_converter(forbid_extra_keys=False, omit_if_default=True)
 
 
 def to_plain(obj: Any) -> Any:
@@ -20,12 +23,14 @@ def to_plain(obj: Any) -> Any:
     return converter.unstructure(obj)
 
 
-def dumps(obj: Any) -> bytes:
-    """Serialise a model or plain value to compact JSON bytes; refuses what JSON cannot hold."""
+def dumps(obj: Any, *, omit_defaults: bool = False) -> bytes:
+    """Serialise a model or plain value to compact JSON bytes; refuses what JSON cannot hold.
+
+    ``omit_defaults`` leaves out the fields that hold their default (for records kept long; see
+    ``compact_converter``)."""
     try:
-        return json.dumps(
-            converter.unstructure(obj), separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode()
+        plain = (compact_converter if omit_defaults else converter).unstructure(obj)
+        return json.dumps(plain, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
     except (TypeError, ValueError, RecursionError) as exc:
         raise WireError(f"cannot encode {type(obj).__name__} as JSON: {exc}") from exc
 

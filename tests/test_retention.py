@@ -3,6 +3,7 @@ the watchdog's sweep, offline nodes are forgotten, and consumers of stopped spor
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -114,3 +115,19 @@ async def test_consumers_of_stopped_spores_leave_the_stream_groups(hive, run_spo
     assert removed >= 2
     assert not {"dead-1", "dead-2"} & names
     assert "dead-3" in names
+
+
+async def test_a_finished_record_is_stored_without_its_default_fields_and_reads_back_whole(hive, run_spore):
+    # Given a task that ran to completion on a spore
+    await run_spore(name="compact", concurrency=1)
+    task_id = await hive.submit("echo", {"i": 1})
+    done = await hive.wait(task_id, timeout=30)
+    assert done.status == TaskStatus.COMPLETED
+    # Then its stored record leaves out what holds a default (a finished task is kept for HIVE_RESULT_TTL)
+    stored = json.loads(await hive.broker.redis.get(hive.broker.keys.task(task_id)))
+    assert {"error", "depends_on", "chunk", "headers", "progress", "wait_timeout"}.isdisjoint(stored)
+    assert len(wire.dumps(done, omit_defaults=True)) < len(wire.dumps(done))
+    # and the record reads back with every field
+    again = await hive.status(task_id)
+    assert again == done
+    assert (again.error, again.depends_on, again.headers) == (None, [], {})

@@ -36,7 +36,9 @@ def status_commands(
     its waiters are woken (``done`` list) and its map-reduce job hears of it (job events stream).
     """
     now = repr(time.time())
-    data = wire.dumps(message)
+    # A final record is kept for HIVE_RESULT_TTL and read only through the model: written without its
+    # default fields. A live one keeps them all: the Lua fence and the backlog read its fields raw.
+    data = wire.dumps(message, omit_defaults=message.is_terminal)
     task_id = message.task_id
     out: list[Command] = []
     if message.is_terminal:
