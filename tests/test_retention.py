@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from hive_framework import Kernel, TaskStatus, wire
-from hive_framework.models import NodeInfo
+from hive_framework.broker.records import DONE_MARKER_TTL_MS, status_commands
+from hive_framework.models import NodeInfo, TaskMessage
 from hive_framework.nexus import Watchdog
 from hive_framework.testing import async_wait_until, fast_config
 
@@ -131,3 +132,28 @@ async def test_a_finished_record_is_stored_without_its_default_fields_and_reads_
     again = await hive.status(task_id)
     assert again == done
     assert (again.error, again.depends_on, again.headers) == (None, [], {})
+
+
+def test_a_done_marker_lives_minutes_while_the_record_lives_the_result_ttl():
+    # Given a day of result retention and a finished task
+    config = fast_config("redis://127.0.0.1:6379/0", result_ttl=86400.0)
+    message = TaskMessage(task_id="t1", task_type="echo", status=TaskStatus.COMPLETED)
+    keys = Kernel(config).keys
+    # When its status writes are built
+    commands = status_commands(keys, config, message, TaskStatus.RUNNING)
+    # Then the record is kept for the day and the waiters' wake-up list for minutes only
+    assert ("PSETEX", keys.task("t1"), 86_400_000) == commands[0][:3]
+    assert ("PEXPIRE", keys.done("t1"), DONE_MARKER_TTL_MS) in commands
+    assert DONE_MARKER_TTL_MS <= 300_000
+
+
+async def test_a_waiter_on_a_finished_task_whose_done_marker_expired_returns_at_once(hive, run_spore):
+    # Given a finished task whose done marker has expired
+    await run_spore(name="marker", concurrency=1)
+    task_id = await hive.submit("echo", {"i": 1})
+    await hive.wait(task_id, timeout=30)
+    await hive.broker.redis.delete(hive.broker.keys.done(task_id))
+    # When a client waits for it with almost no time to wait, then it is answered from the record (a wait
+    # that needed the marker would block and time out instead)
+    again = await hive.wait(task_id, timeout=0.001)
+    assert again.status == TaskStatus.COMPLETED
