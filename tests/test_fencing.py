@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from redis.exceptions import WatchError
 
 from hive_framework import Kernel, TaskMessage, TaskStatus
 from hive_framework.broker import AttemptRunner, Delivery
@@ -104,3 +105,32 @@ async def test_an_attempt_begun_from_a_stale_read_does_not_reopen_a_finished_tas
         TaskStatus.COMPLETED, 1, "a", "from a"
     )
     assert await hive.broker.redis.llen(hive.broker.keys.done(task_id)) == 1
+
+
+async def test_a_connection_lost_while_watching_starts_the_save_over(hive, monkeypatch):
+    # Given the arq engine, whose saves are WATCHed transactions, and an attempt that began
+    if hive.broker.config.broker != "arq":
+        pytest.skip("the streams engine saves in one Lua call, with nothing watched")
+    task_id = await hive.submit("echo", {"x": 1})
+    (attempt,) = await _runner(hive, "a", "from a").begin([await _delivery(hive, task_id)])
+    engine = hive.broker.engine
+    real = engine.redis.pipeline
+    failed: list[str] = []
+
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = real(*args, **kwargs)
+        if not failed:  # the first transaction's connection dies while it watches (a pooled one left stale)
+            async def exists(*names: Any) -> Any:
+                failed.append("exists")
+                raise WatchError("A ConnectionError occurred on while watching one or more keys")
+            pipe.exists = exists
+        return pipe
+
+    monkeypatch.setattr(engine.redis, "pipeline", pipeline)
+    # When the attempt's outcome is saved
+    await _runner(hive, "a", "from a").run(attempt)
+    monkeypatch.undo()
+    # Then the transaction started over and the outcome was saved, not reported as an outage
+    assert failed == ["exists"]
+    stored = await hive.status(task_id)
+    assert (stored.status, stored.result) == (TaskStatus.COMPLETED, "from a")

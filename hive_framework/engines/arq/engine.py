@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from arq.jobs import serialize_job
 from redis.exceptions import WatchError
 
-from ...broker.engine import Delivery, Engine, Guard, Previous, TaskRunner, fenced, guard_parts
+from ...broker.engine import Delivery, Engine, Fence, Guard, Previous, TaskRunner, fenced, guard_parts
 from ...broker.records import add_to_pipeline, status_commands
 from ...models import HIGH_PRIORITY_LEVEL, TaskMessage
 from ...redisutil import texts
@@ -115,36 +115,44 @@ class ArqEngine(Engine):
         watched = [self.keys.cancelled(m.task_id) for m, _, _ in items]
         watched += [self.keys.task(m.task_id) for (m, _, _), f in zip(items, fences, strict=True) if f is not None]
         while True:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                await pipe.watch(*watched)
-                refused: list[bool] = []
-                for (message, _, _), fence in zip(items, fences, strict=True):
-                    gone = bool(await pipe.exists(self.keys.cancelled(message.task_id)))
-                    stored = await pipe.get(self.keys.task(message.task_id)) if fence is not None and not gone else None
-                    if fence is not None and not gone and not fence.holds(stored):
-                        fenced(message)
-                        gone = True
-                    refused.append(gone)
-                pipe.multi()
-                ends: list[int] = []  # where each saved item's SMEMBERS reply lands (-1: not saved)
-                position = -1
-                for (message, previous, _), gone in zip(items, refused, strict=True):
-                    if gone:
-                        ends.append(-1)
-                        continue
-                    commands = status_commands(self.keys, self.config, message, previous)
-                    add_to_pipeline(pipe, commands)
-                    pipe.smembers(self.keys.dependents(message.task_id))
-                    position += len(commands) + 1
-                    ends.append(position)
-                try:
-                    replies = await pipe.execute() if position >= 0 else []
-                except WatchError:
+            try:
+                return await self._record_watched(items, fences, watched)
+            except WatchError:
+                # A watched key changed, or the connection died while watching (a pooled connection left over
+                # from before a Redis restart): redis-py says start the transaction over. A Redis still away
+                # then fails the next WATCH with a ConnectionError, which the caller handles as an outage.
+                continue
+
+    async def _record_watched(
+        self, items: Sequence[tuple[TaskMessage, Previous, Guard]], fences: list[Fence | None], watched: list[str]
+    ) -> list[list[str] | None]:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(*watched)
+            refused: list[bool] = []
+            for (message, _, _), fence in zip(items, fences, strict=True):
+                gone = bool(await pipe.exists(self.keys.cancelled(message.task_id)))
+                stored = await pipe.get(self.keys.task(message.task_id)) if fence is not None and not gone else None
+                if fence is not None and not gone and not fence.holds(stored):
+                    fenced(message)
+                    gone = True
+                refused.append(gone)
+            pipe.multi()
+            ends: list[int] = []  # where each saved item's SMEMBERS reply lands (-1: not saved)
+            position = -1
+            for (message, previous, _), gone in zip(items, refused, strict=True):
+                if gone:
+                    ends.append(-1)
                     continue
-            return [
-                None if end < 0 else (texts(replies[end]) if message.is_terminal else [])
-                for (message, _, _), end in zip(items, ends, strict=True)
-            ]
+                commands = status_commands(self.keys, self.config, message, previous)
+                add_to_pipeline(pipe, commands)
+                pipe.smembers(self.keys.dependents(message.task_id))
+                position += len(commands) + 1
+                ends.append(position)
+            replies = await pipe.execute() if position >= 0 else []
+        return [
+            None if end < 0 else (texts(replies[end]) if message.is_terminal else [])
+            for (message, _, _), end in zip(items, ends, strict=True)
+        ]
 
     async def settle(self, deliveries: Sequence[Delivery]) -> None:
         """Nothing: ARQ finishes its own jobs when the job function returns."""
