@@ -90,6 +90,8 @@ class StreamWorker(Worker):
                             await self._wake.wait()
                     continue
                 entries = await self._claim(free)
+                if not entries and not self._allow:
+                    continue  # paused while the claim ran: no blocking read, which pause() could not cancel
                 if not entries:
                     self._reader = asyncio.create_task(self._block())
                     try:
