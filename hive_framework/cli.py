@@ -218,7 +218,8 @@ def submit(
     try:
         due = due_time(delay, eta)
     except InvalidTask as exc:
-        raise click.BadParameter(str(exc), param_hint="'--at'" if eta is not None else "'--delay'") from None
+        option = "--at" if eta is not None else "--delay"
+        raise click.ClickException(f"{option}: {exc}; nothing was submitted") from None
 
     async def go() -> None:
         async with MessageBroker(state.kernel()) as broker:
