@@ -2,11 +2,12 @@
 has waited. What ``/metrics`` exposes for scalers (Prometheus adapter, KEDA's Prometheus scaler) and what the
 local autoscaler decides on.
 
-Engine-neutral: it reads the ``pending`` status index (task id scored by the time it became pending) and the
-tasks' JSON, so it counts the same for the streams and the arq engine. A task's wait is measured from when it
-last became pending (enqueued, or put back by a retry or a stopping spore). One pass reads at most ``limit``
-tasks, the oldest first; past that the per-queue and per-type counts cover the oldest ``limit`` and
-:attr:`Backlog.truncated` says so (the total and the oldest age stay exact).
+Engine-neutral: it reads the ``pending`` status index (task id scored by the time it became pending), the due
+part of the ``scheduled`` one (delayed tasks, scored by when they are due) and the tasks' JSON, so it counts the
+same for the streams and the arq engine. A task's wait is measured from when it last became pending (enqueued,
+or put back by a retry or a stopping spore), a delayed task's from when it became due (one not due is no
+backlog). One pass reads at most ``limit`` tasks, the oldest first; past that the per-queue and per-type counts
+cover the oldest ``limit`` and :attr:`Backlog.truncated` says so (the total and the oldest age stay exact).
 """
 
 from __future__ import annotations
@@ -49,11 +50,17 @@ class Backlog:
 async def read_backlog(broker: Any, *, limit: int = DEFAULT_LIMIT) -> Backlog:
     """Read the backlog of ``broker``'s hive (a connected :class:`~hive_framework.MessageBroker`)."""
     index = broker.keys.status_index(TaskStatus.PENDING)
+    scheduled = broker.keys.status_index(TaskStatus.SCHEDULED)
+    now = time.time()
     async with broker.redis.pipeline(transaction=False) as pipe:
         pipe.zcard(index)
         pipe.zrange(index, 0, limit - 1, withscores=True)
-        total, entries = await pipe.execute()
-    now = time.time()
+        # Delayed tasks now due and not yet taken wait for a spore too (their index is scored by due time).
+        pipe.zcount(scheduled, "-inf", now)
+        pipe.zrangebyscore(scheduled, "-inf", now, start=0, num=limit, withscores=True)
+        total, entries, due_total, due = await pipe.execute()
+    total += due_total
+    entries = sorted([*entries, *due], key=lambda entry: entry[1])[:limit]
     if not entries:
         return Backlog(read_at=now)
     ids = texts(raw for raw, _ in entries)
@@ -67,7 +74,7 @@ async def read_backlog(broker: Any, *, limit: int = DEFAULT_LIMIT) -> Backlog:
         try:
             task = json.loads(raw)
             queue, task_type = str(task.get("queue") or "unrouted"), str(task["task_type"])
-            if task.get("status", "pending") != TaskStatus.PENDING.value:
+            if task.get("status", "pending") not in (TaskStatus.PENDING.value, TaskStatus.SCHEDULED.value):
                 continue  # moved on between the two reads
         except (ValueError, KeyError, TypeError, AttributeError):
             continue

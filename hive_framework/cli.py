@@ -21,6 +21,7 @@ import click
 
 from . import __version__, wire
 from .broker import MessageBroker
+from .broker.specs import due_time
 from .clikit import CliError, CliState, echo_json, json_arg, pass_state, run_interruptible, share_app_option
 from .clikit import run_coro as run_coro  # the name plugins imported from here
 from .config import HiveConfig
@@ -181,6 +182,9 @@ def _requirements(requires: tuple[str, ...], tags: tuple[str, ...]) -> dict[str,
 @click.option("--key", help="Idempotency key: while it is held, a submit with it prints the first task's id.")
 @click.option("--timeout", type=float, help="Task timeout in seconds.")
 @click.option("--max-retries", type=click.IntRange(min=0), help="Retries after a failed attempt.")
+@click.option("--delay", help="Run no sooner than this from now: seconds or 30s, 5m, 1h, 1d.")
+@click.option("--at", "eta", metavar="ISO-8601", help="Run no sooner than this moment, with its UTC offset "
+              "(2030-01-31T09:00:00+00:00).")
 @click.option("--wait", is_flag=True, help="Wait for the task and print it.")
 @click.option("--wait-timeout", type=float, default=None, help="Give up waiting after this many seconds.")
 @_placement_options
@@ -194,6 +198,8 @@ def submit(
     key: str | None,
     timeout: float | None,
     max_retries: int | None,
+    delay: str | None,
+    eta: str | None,
     wait: bool,
     wait_timeout: float | None,
     requires: tuple[str, ...],
@@ -203,9 +209,17 @@ def submit(
 ) -> None:
     """Enqueue a task of TASK_TYPE and print its id (or, with --wait, the finished task).
 
-    TASK_TYPE need not be imported here: a type the spores advertise is queued by name with their options."""
+    TASK_TYPE need not be imported here: a type the spores advertise is queued by name with their options.
+    With --delay or --at the task is stored at once as scheduled ('hive task ID' shows its eta) and runs when due."""
     data = json_arg(payload, "--payload")
     requirements = _requirements(requires, tags)
+    if delay is not None and eta is not None:
+        raise click.UsageError("give --delay or --at, not both")
+    try:
+        due = due_time(delay, eta)
+    except InvalidTask as exc:
+        option = "--at" if eta is not None else "--delay"
+        raise click.ClickException(f"{option}: {exc}; nothing was submitted") from None
 
     async def go() -> None:
         async with MessageBroker(state.kernel()) as broker:
@@ -213,6 +227,7 @@ def submit(
                 new_id = await broker.enqueue_task(
                     task_type, data, priority, task_id, timeout=timeout, max_retries=max_retries,
                     requirements=requirements, wait_timeout=spore_wait, allow_unknown=allow_unknown, key=key,
+                    eta=due,
                 )
             except UnknownTaskType as exc:
                 raise CliError(

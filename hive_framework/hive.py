@@ -64,10 +64,12 @@ class Hive:
     # --- tasks -------------------------------------------------------------------------------------
 
     async def submit(self, task_type: str, payload: dict[str, Any] | None = None, **options: Any) -> str:
-        """Enqueue one task; ``options`` are those of :meth:`MessageBroker.enqueue_task`."""
+        """Enqueue one task; ``options`` are those of :meth:`MessageBroker.enqueue_task` (``delay="5m"`` or
+        ``eta=datetime`` stores it as ``scheduled`` and runs it when due)."""
         return await self.broker.enqueue_task(task_type, payload, **options)
 
     async def submit_many(self, specs: Sequence[TaskSpec]) -> list[str]:
+        """Enqueue a batch in one transaction (each :class:`TaskSpec` may carry ``delay`` or ``eta``)."""
         return await self.broker.enqueue_many(specs)
 
     async def status(self, task_id: str) -> TaskMessage | None:

@@ -27,12 +27,15 @@ def utcnow() -> datetime:
 
 
 class TaskStatus(enum.StrEnum):
-    """Life cycle of a task: [waiting ->] pending -> running -> completed | failed, with retrying and cancelled.
+    """Life cycle of a task: [waiting ->] [scheduled ->] pending -> running -> completed | failed, with retrying
+    and cancelled.
 
-    ``waiting`` means the task has dependencies (``depends_on``) that have not all completed yet.
+    ``waiting`` means the task has dependencies (``depends_on``) that have not all completed yet; ``scheduled``
+    that it was submitted with a ``delay`` or ``eta`` (:attr:`TaskMessage.eta`) and is not due yet.
     """
 
     WAITING = "waiting"
+    SCHEDULED = "scheduled"
     PENDING = "pending"
     RUNNING = "running"
     RETRYING = "retrying"
@@ -123,10 +126,16 @@ class TaskMessage:
     #: The last progress the handler reported (``TaskContext.progress``); the live value is read with
     #: :meth:`MessageBroker.get_task_with_progress`.
     progress: TaskProgress | None = None
+    #: When a delayed task (``delay``/``eta`` at submit) is due: it waits as ``scheduled`` until then.
+    eta: datetime | None = None
 
     @property
     def is_terminal(self) -> bool:
         return self.status.is_terminal
+
+    def not_due(self, now: datetime | None = None) -> bool:
+        """Whether the task has an ``eta`` still ahead of ``now`` (default: this clock's now)."""
+        return self.eta is not None and self.eta > (now or utcnow())
 
 
 @attrs.define(kw_only=True)

@@ -143,7 +143,7 @@ def summarize(outcomes: list[ItemOutcome], duration_s: float) -> dict[str, Any]:
     """The seed's summary block: counts by outcome, success rate and duration."""
     total = len(outcomes)
     completed = sum(o.ok for o in outcomes)
-    pending = sum(o.status in ("pending", "waiting", "running", "retrying") for o in outcomes)
+    pending = sum(o.status in ("pending", "waiting", "scheduled", "running", "retrying") for o in outcomes)
     cancelled = sum(o.status == "cancelled" for o in outcomes)
     return {
         "total_tasks": total,

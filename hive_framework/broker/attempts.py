@@ -36,6 +36,8 @@ class Start(enum.Enum):
     EXHAUSTED = "exhausted"
     #: Marked running here with its attempt counted: save it, then run it.
     RUN = "run"
+    #: A scheduled task delivered before its ``eta`` (clocks apart): its job goes back until it is due.
+    EARLY = "early"
 
 
 def begin_attempt(message: TaskMessage | None, job_id: str, node_id: str) -> Start:
@@ -44,6 +46,8 @@ def begin_attempt(message: TaskMessage | None, job_id: str, node_id: str) -> Sta
         return Start.SKIP
     if message.is_terminal or job_id != message.engine_job_id or message.status == TaskStatus.WAITING:
         return Start.SKIP
+    if message.status == TaskStatus.SCHEDULED and message.not_due():
+        return Start.EARLY
     message.attempt += 1
     if message.attempt > message.max_retries + 1:
         message.status = TaskStatus.FAILED
@@ -92,6 +96,7 @@ class AttemptRunner:
         skips: list[Delivery] = []
         exhausted: list[tuple[TaskMessage, Previous, Guard]] = []
         runs: list[tuple[TaskMessage, Delivery]] = []
+        early: list[Attempt] = []
         previous: list[Previous] = []
         as_read: list[Fence | None] = []
         for delivery, message in zip(deliveries, messages, strict=True):
@@ -107,6 +112,8 @@ class AttemptRunner:
                 skips.append(delivery)
             elif start is Start.EXHAUSTED:
                 exhausted.append((message, before, attrs.evolve(delivery, fence=read)))
+            elif start is Start.EARLY:
+                early.append(Attempt(message, attrs.evolve(delivery, fence=read), early=True))
             else:
                 runs.append((message, delivery))
                 previous.append(before)
@@ -124,7 +131,7 @@ class AttemptRunner:
         )
         refused = [d for (_, d), ok in zip(runs, saved, strict=True) if not ok]
         await engine.settle(refused)
-        return [
+        return early + [
             Attempt(m, attrs.evolve(d, fence=Fence.running(m.attempt, m.engine_job_id, self.node_id)))
             for (m, d), ok in zip(runs, saved, strict=True) if ok
         ]
@@ -135,6 +142,8 @@ class AttemptRunner:
         On cancellation (a stopping spore) the task is handed back untouched and ``CancelledError`` propagates.
         """
         message, delivery = attempt.message, attempt.delivery
+        if attempt.early:
+            return await self._put_back(attempt)
         kernel = self.broker.kernel
         hooks = kernel.lifecycle
         retriable = True
@@ -202,6 +211,17 @@ class AttemptRunner:
             await kernel.run_lifecycle("on_task_failure", task=message, error=error, exception=failure,
                                        node_id=self.node_id)
         return None
+
+    async def _put_back(self, attempt: Attempt) -> float | None:
+        """Hand back the job of a scheduled task delivered before it is due, unchanged (nothing ran); the seconds
+        until it is due, when its engine is to bring it back then (``None``: cancelled or moved on meanwhile)."""
+        message = attempt.message
+        assert message.eta is not None
+        self.log.info("task %s was delivered %.3fs before it is due; its job waits until then",
+                      message.task_id, (message.eta - utcnow()).total_seconds())
+        if not await self._record(message, attempt.delivery, attempt) or attempt.fenced:
+            return None
+        return max((message.eta - utcnow()).total_seconds(), 0.001)
 
     async def _record(self, message: TaskMessage, delivery: Delivery, attempt: Attempt) -> bool:
         """Save the outcome and settle the delivery together; if a cancellation won, settle it alone; if the

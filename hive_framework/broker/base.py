@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
@@ -123,6 +124,8 @@ class MessageBroker(ClusterMixin, RecoveryMixin):
         allow_unknown: bool = False,
         key: str | None = None,
         headers: dict[str, str] | None = None,
+        delay: float | str | None = None,
+        eta: datetime | str | None = None,
     ) -> str:
         """Validate and enqueue one task; returns its id. Nothing is stored when validation fails.
 
@@ -133,12 +136,14 @@ class MessageBroker(ClusterMixin, RecoveryMixin):
         spore serving its type before it fails (default: its type's, else no limit). ``key``: an idempotency
         key; a submit with a key seen in the last ``HIVE_IDEMPOTENCY_WINDOW`` seconds enqueues nothing and
         returns the task that key first made (atomic across clients). ``headers``: text metadata carried
-        with the task (``before_enqueue`` impls may add to them).
+        with the task (``before_enqueue`` impls may add to them). ``delay`` (seconds, or ``"30s"``, ``"5m"``,
+        ``"1h"``) or ``eta`` (a timezone-aware datetime): the task is stored at once, as ``scheduled``, and
+        reaches its queue when due.
         """
         spec = TaskSpec(
             task_type=task_type, payload=payload, priority=priority, task_id=task_id, timeout=timeout,
             max_retries=max_retries, requirements=requirements, node=node, job_id=job_id, depends_on=depends_on,
-            wait_timeout=wait_timeout, allow_unknown=allow_unknown, key=key, headers=headers,
+            wait_timeout=wait_timeout, allow_unknown=allow_unknown, key=key, headers=headers, delay=delay, eta=eta,
         )
         (task_id_out,) = await self.enqueue_many([spec])
         return task_id_out
@@ -363,13 +368,21 @@ return held
         self.engine.enqueue_ops(pipe, message)
 
     def _dispatch_ops(self, pipe: Pipeline, message: TaskMessage, previous: Previous = "unknown") -> None:
-        """Queue a placed task, or park it (status ``waiting``) until a fitting node comes online."""
+        """Queue a placed task, or park it (status ``waiting``) until a fitting node comes online. A placed task
+        whose ``eta`` is ahead waits as ``scheduled``: its engine puts its job on its queue when it is due."""
         if message.queue:
             unserved = (message.reason or "").startswith(UNSERVED)
-            message.status = TaskStatus.PENDING
-            self._queue_ops(pipe, message, previous)
+            since = time.time()
+            if message.eta is not None and message.not_due():
+                message.status = TaskStatus.SCHEDULED
+                self._status_ops(pipe, message, previous)
+                self.engine.schedule_ops(pipe, message)
+                since = message.eta.timestamp()  # a wait for a spore of its type starts when it is due
+            else:
+                message.status = TaskStatus.PENDING
+                self._queue_ops(pipe, message, previous)
             if unserved:
-                pipe.zadd(unserved_key(self.keys), {message.task_id: time.time()})
+                pipe.zadd(unserved_key(self.keys), {message.task_id: since})
             if previous is not None:
                 pipe.zrem(self.keys.unrouted, message.task_id)
         else:

@@ -66,6 +66,7 @@ class ClusterMixin:
             "tasks_retrying": by_status[TaskStatus.RETRYING],
             "tasks_cancelled": by_status[TaskStatus.CANCELLED],
             "tasks_waiting": by_status[TaskStatus.WAITING],
+            "tasks_scheduled": by_status[TaskStatus.SCHEDULED],
         }
 
     async def get_nodes(self, *, include_offline: bool = False) -> list[NodeInfo]:

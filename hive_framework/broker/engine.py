@@ -124,6 +124,9 @@ class Attempt:
     #: that rolled the record back owns the task): the delivery was left as it is, not settled, since the
     #: job may still be needed; an engine that settles by itself when the job returns (ARQ) keeps the job.
     fenced: bool = False
+    #: A scheduled task delivered before its ``eta`` (clocks apart): not begun, nothing runs; :meth:`TaskRunner.run`
+    #: hands its job back until it is due (the delivery's fence is the record as read).
+    early: bool = False
 
 
 class TaskRunner(Protocol):
@@ -230,8 +233,13 @@ class Engine(abc.ABC):
         """Commands that put ``message``'s job (``engine_job_id``) on ``message.queue``."""
 
     @abc.abstractmethod
+    def schedule_ops(self, pipe: Pipeline, message: TaskMessage) -> None:
+        """Commands that put ``message``'s job on ``message.queue`` once ``message.eta`` has come (a delayed task),
+        exactly once, however many spores watch for due jobs."""
+
+    @abc.abstractmethod
     def drop_ops(self, pipe: Pipeline, message: TaskMessage) -> None:
-        """Commands that take ``message``'s job off its queue, if no spore took it yet."""
+        """Commands that take ``message``'s job off its queue (or its schedule), if no spore took it yet."""
 
     @abc.abstractmethod
     def depth_ops(self, pipe: Pipeline) -> None:

@@ -46,9 +46,10 @@ def unserved_reason(task_type: str) -> str:
 
 
 def is_unserved(message: TaskMessage) -> bool:
-    """True for a queued task that waits because no online spore served its type when it was queued."""
+    """True for a queued task that waits because no online spore served its type when it was queued (a scheduled
+    task once it is due)."""
     return (
-        message.status == TaskStatus.PENDING
+        (message.status == TaskStatus.PENDING or (message.status == TaskStatus.SCHEDULED and not message.not_due()))
         and bool(message.queue)
         and (message.reason or "").startswith(UNSERVED)
     )
@@ -145,7 +146,8 @@ async def advertise(redis: Redis, keys: Keys, task_types: Mapping[str, TaskType]
 async def waiting_for_spores(redis: Redis, keys: Keys, nodes: list[NodeInfo]) -> dict[str, int]:
     """Per task type, how many queued tasks wait because no online spore serves that type now."""
     served = {t for node in nodes for t in node.task_types}
-    ids = [text(raw) for raw in await redis.zrange(unserved_key(keys), 0, -1)]
+    # Scored by when each started waiting: a scheduled task's score is its due time, so one not due is left out.
+    ids = [text(raw) for raw in await redis.zrangebyscore(unserved_key(keys), "-inf", time.time())]
     counts: dict[str, int] = {}
     raws = await redis.mget([keys.task(t) for t in ids]) if ids else []
     for raw in raws:
@@ -158,6 +160,7 @@ async def waiting_for_spores(redis: Redis, keys: Keys, nodes: list[NodeInfo]) ->
             continue  # not a task record the hive wrote: the task readers quarantine it
         if not (isinstance(task_type, str) and isinstance(reason, str)):
             continue
-        if status == TaskStatus.PENDING.value and reason.startswith(UNSERVED) and task_type not in served:
+        waiting = status in (TaskStatus.PENDING.value, TaskStatus.SCHEDULED.value)
+        if waiting and reason.startswith(UNSERVED) and task_type not in served:
             counts[task_type] = counts.get(task_type, 0) + 1
     return dict(sorted(counts.items()))

@@ -63,7 +63,9 @@ def status_commands(
                 out.append(("ZREM", keys.status_index(status), task_id))
     elif previous is not None and previous != message.status:
         out.append(("ZREM", keys.status_index(previous), task_id))
-    out.append(("ZADD", keys.status_index(message.status), now, task_id))
+    # A scheduled task's index is scored by when it is due (the backlog counts the due ones still waiting).
+    score = repr(message.eta.timestamp()) if message.status == TaskStatus.SCHEDULED and message.eta else now
+    out.append(("ZADD", keys.status_index(message.status), score, task_id))
     if message.is_terminal:
         # Bounded without any reader: a final index drops the entries whose record has expired.
         cutoff = repr(time.time() - config.result_ttl)

@@ -231,7 +231,8 @@ class RecoveryMixin:
                 candidates = [m for m in await self.get_tasks([job, job.rpartition(".")[0] or job])
                               if m is not None and m.engine_job_id == job]
                 message = candidates[0] if candidates else None
-                if message is None or message.status not in (TaskStatus.PENDING, TaskStatus.RETRYING):
+                if message is None or message.status not in (TaskStatus.PENDING, TaskStatus.RETRYING,
+                                                             TaskStatus.SCHEDULED):
                     continue
                 if node_id not in known and not message.requirements:
                     continue

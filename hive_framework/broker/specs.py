@@ -9,14 +9,16 @@ import json
 import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .. import wire
 from ..errors import InvalidTask, UnknownTaskType, WireError
-from ..models import TaskMessage
+from ..models import TaskMessage, utcnow
 from ..policies import parse_priority
+from ..schedules import parse_duration
 from ..tasks import TASK_NAME_RE
 
 if TYPE_CHECKING:
@@ -86,6 +88,49 @@ class TaskSpec:
     #: Idempotency key: while one is held (HIVE_IDEMPOTENCY_WINDOW from the first submit), submitting
     #: with it again makes nothing and answers the first task's id.
     key: str | None = None
+    #: Run no sooner than this long after the submit: seconds, or text such as "30s", "5m", "1h".
+    delay: float | str | None = None
+    #: Run no sooner than this moment: a timezone-aware datetime (or ISO 8601 text with an offset).
+    eta: datetime | str | None = None
+
+
+#: The longest delay accepted (about ten years), in seconds.
+MAX_DELAY_S = 10 * 366 * 86400.0
+
+
+def due_time(delay: object, eta: object, now: datetime | None = None) -> datetime | None:
+    """When a task submitted with ``delay`` or ``eta`` is due (``None``: at once); InvalidTask naming the problem.
+
+    ``delay`` is seconds or duration text (``"30s"``, ``"5m"``, ``"1h"``), never negative; ``eta`` a
+    timezone-aware datetime or ISO 8601 text with an offset. A moment already past is due at once.
+    """
+    if delay is not None and eta is not None:
+        raise InvalidTask("give delay or eta, not both")
+    now = now or utcnow()
+    if delay is not None:
+        try:
+            seconds = parse_duration(delay, what="delay")  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise InvalidTask(str(exc)) from None
+        if seconds > MAX_DELAY_S:
+            raise InvalidTask(f"bad delay {delay!r}: at most {MAX_DELAY_S:g} seconds (about ten years)")
+        return now + timedelta(seconds=seconds) if seconds > 0 else None
+    if eta is None:
+        return None
+    if isinstance(eta, str):
+        try:
+            eta = datetime.fromisoformat(eta.strip())
+        except ValueError:
+            raise InvalidTask(f"bad eta {eta!r}: use ISO 8601 with a UTC offset, such as "
+                              "'2030-01-31T09:00:00+00:00'") from None
+    if not isinstance(eta, datetime):
+        raise InvalidTask(f"bad eta {eta!r}: use a timezone-aware datetime, got {type(eta).__name__}")
+    if eta.tzinfo is None or eta.utcoffset() is None:
+        raise InvalidTask(f"bad eta {eta.isoformat()!r}: it has no time zone; use a timezone-aware datetime "
+                          "(datetime.now(UTC) + ...) or text with an offset ('+00:00')")
+    if eta - now > timedelta(seconds=MAX_DELAY_S):
+        raise InvalidTask(f"bad eta {eta.isoformat()!r}: more than about ten years ahead")
+    return eta.astimezone(UTC)
 
 
 def check_key(key: object) -> str:
@@ -161,6 +206,7 @@ def build_message(kernel: Kernel, spec: TaskSpec, remote: Mapping[str, Mapping[s
     if isinstance(spec.depends_on, str) or not all(isinstance(d, str) and d for d in depends_on):
         raise InvalidTask(f"depends_on must be a list of task ids, got {spec.depends_on!r}")
     headers = check_headers(spec.headers)
+    eta = due_time(spec.delay, spec.eta)
     task_id = spec.task_id or uuid.uuid4().hex
     if task_id in depends_on:
         raise InvalidTask(f"task {task_id} cannot depend on itself")
@@ -168,7 +214,7 @@ def build_message(kernel: Kernel, spec: TaskSpec, remote: Mapping[str, Mapping[s
         task_id=task_id, task_type=spec.task_type, payload=payload, priority=level, timeout=timeout,
         max_retries=retries, requirements=requirements, job_id=spec.job_id, depends_on=depends_on,
         chunk=chunk, engine_job_id=task_id, wait_timeout=None if wait_timeout is None else float(wait_timeout),
-        headers=headers,
+        headers=headers, eta=eta,
     )
 
 

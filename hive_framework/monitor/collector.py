@@ -67,6 +67,8 @@ def task_row(message: TaskMessage, now: datetime | None = None) -> dict[str, Any
         "duration": duration,
         "error": error,
         "reason": message.reason,
+        #: When a delayed task is due (``None``: it was not delayed).
+        "eta": _iso(message.eta),
         #: Queued, but no online spore served its type when it was queued (the reason says which).
         "waiting_for_spore": is_unserved(message),
     }
@@ -195,7 +197,13 @@ class Monitor:
         window = limit if not query else max(limit, 500)
         async with self.broker.redis.pipeline(transaction=False) as pipe:
             for each in statuses:
-                pipe.zrevrange(self.keys.status_index(each), 0, window - 1, withscores=True)
+                if each == TaskStatus.SCHEDULED and not status:
+                    # Scored by due time: in the every-status view only the due ones (the rest sort into the
+                    # future); the scheduled filter lists them all, the latest due first.
+                    pipe.zrevrangebyscore(self.keys.status_index(each), time.time(), "-inf", start=0, num=window,
+                                          withscores=True)
+                else:
+                    pipe.zrevrange(self.keys.status_index(each), 0, window - 1, withscores=True)
             results = await pipe.execute()
         latest: dict[str, float] = {}
         for entries in results:

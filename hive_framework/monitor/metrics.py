@@ -158,6 +158,7 @@ class MonitorMetrics:
                                   labels=["status"])
         by_status = {
             TaskStatus.WAITING: stats["tasks_waiting"],
+            TaskStatus.SCHEDULED: stats["tasks_scheduled"],
             TaskStatus.PENDING: stats["tasks_pending"] - stats["tasks_retrying"],
             TaskStatus.RUNNING: stats["tasks_running"],
             TaskStatus.RETRYING: stats["tasks_retrying"],

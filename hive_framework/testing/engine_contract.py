@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -29,6 +30,7 @@ from . import contract_app as app
 __all__ = [
     "hive_kernel",
     "test_a_cancelled_task_that_was_queued_never_runs",
+    "test_a_delayed_task_waits_scheduled_then_runs_once_and_a_cancelled_one_never_runs",
     "test_a_failing_attempt_is_retried_until_it_succeeds",
     "test_a_running_task_cancelled_stays_cancelled",
     "test_a_spore_never_takes_a_task_type_it_does_not_serve",
@@ -173,6 +175,28 @@ async def test_a_cancelled_task_that_was_queued_never_runs(hive: Hive, run_spore
     assert (await hive.broker.get_task_status(doomed)).status == TaskStatus.CANCELLED  # type: ignore[union-attr]
 
 
+async def test_a_delayed_task_waits_scheduled_then_runs_once_and_a_cancelled_one_never_runs(
+    hive: Hive, run_spore: StartSpore
+) -> None:
+    # Given a spore, tasks due in a second (one cancelled before that) and one due a moment after them
+    await run_spore(name="contract-delay", concurrency=2)
+    eta = datetime.now(UTC) + timedelta(seconds=1)
+    ids = [await hive.submit("contract.record", {"label": f"d{i}"}, priority=i * 5, eta=eta) for i in range(3)]
+    doomed = await hive.submit("contract.record", {"label": "doomed"}, eta=eta)
+    assert await hive.broker.cancel_task(doomed)
+    last = await hive.submit("contract.record", {"label": "last"}, delay=1.5)
+    # Then they are stored at once, scheduled with their due time, and counted as such
+    for message in await hive.broker.get_tasks(ids):
+        assert message is not None and (message.status, message.eta) == (TaskStatus.SCHEDULED, eta)
+    assert (await hive.broker.get_queue_stats())["tasks_scheduled"] == 4
+    # When their time has come, Then each ran exactly once, not before it, and the cancelled one never
+    for task_id in [*ids, last]:
+        message = await finished(hive, task_id)
+        assert message.status == TaskStatus.COMPLETED and message.started_at is not None
+        assert message.eta is not None and message.started_at >= message.eta
+    assert sorted(await started_order(hive)) == ["d0", "d1", "d2", "last"], "each started once, doomed never"
+
+
 async def test_a_running_task_cancelled_stays_cancelled(hive: Hive, run_spore: StartSpore) -> None:
     # Given a task running on a spore
     spore = await run_spore(name="contract-cancel-running", concurrency=1)
@@ -224,10 +248,11 @@ async def test_every_key_is_under_the_prefix_and_every_value_is_json_or_text(
         await finished(hive, task_id)
     cancelled = await hive.broker.enqueue_task("contract.sleep", {"seconds": 5}, task_id=f"{marker}-d")
     await hive.broker.cancel_task(cancelled)
-    # And, at the moment of looking, one task queued for a node that never comes and one running
+    # And, at the moment of looking, one task queued for a node that never comes, one running and one delayed
     held = await hive.broker.enqueue_task("contract.record", {"label": "held"}, task_id=f"{marker}-e",
                                           node=f"absent-{marker}")
     running = await hive.broker.enqueue_task("contract.sleep", {"seconds": 4}, task_id=f"{marker}-f")
+    later = await hive.broker.enqueue_task("contract.record", {"label": "later"}, task_id=f"{marker}-g", delay="1h")
     await async_wait_until(lambda: runs(hive, running), what="the long task to start")
     # Then every key anywhere in Redis that names these tasks or this node lies under the hive's prefix
     redis = hive.broker.redis
@@ -242,7 +267,7 @@ async def test_every_key_is_under_the_prefix_and_every_value_is_json_or_text(
             decoded = value.decode("utf-8")  # raises on binary data
             if decoded[:1] in ("{", "["):
                 json.loads(decoded)
-    for task_id in (held, running):
+    for task_id in (held, running, later):
         await hive.broker.cancel_task(task_id)
 
 

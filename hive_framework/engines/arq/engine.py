@@ -21,14 +21,10 @@ from ...models import HIGH_PRIORITY_LEVEL, TaskMessage
 from ...redisutil import texts
 from .keyspace import ArqKeys
 from .serial import job_serializer
-from .worker import RUN_FUNCTION, ArqWorker
+from .worker import PRIORITY_STEP_MS, RUN_FUNCTION, ArqWorker, delayed_member
 
 if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
-
-#: Score distance between two adjacent priority levels inside one queue (about 31 years in ms).
-PRIORITY_STEP_MS = 10**12
-
 
 #: The number of jobs on one class's queues of every task type (KEYS[1] the types set, ARGV[1] the base name).
 _DEPTH = """
@@ -75,11 +71,30 @@ class ArqEngine(Engine):
         pipe.zadd(message.queue, {message.engine_job_id: now_ms - message.priority * PRIORITY_STEP_MS})
         pipe.sadd(self.types, message.task_type)
 
+    @property
+    def delayed(self) -> str:
+        """Sorted set of delayed tasks' jobs not due yet, scored by due time in ms (members: :func:`delayed_member`)."""
+        return self.key("delayed")
+
+    def schedule_ops(self, pipe: Pipeline, message: TaskMessage) -> None:
+        """Write the job now and add it to the delayed set; a spore's poll moves it onto its queue, scored by its
+        priority, once due (one ZREM decides which spore moves it, so it moves once)."""
+        assert message.eta is not None
+        due_ms = int(message.eta.timestamp() * 1000)
+        job = serialize_job(RUN_FUNCTION, (message.task_id,), {}, None, int(time.time() * 1000),
+                            serializer=job_serializer)
+        ttl_ms = int(max(self.config.result_ttl, 86400) * 1000) + max(due_ms - int(time.time() * 1000), 0)
+        pipe.psetex(self.arq_keys.job(message.engine_job_id), ttl_ms, job)
+        pipe.zadd(self.delayed, {delayed_member(message): due_ms})
+        pipe.sadd(self.types, message.task_type)
+
     def drop_ops(self, pipe: Pipeline, message: TaskMessage) -> None:
-        """Take the job off every queue it may be on, and delete its ARQ keys."""
+        """Take the job off every queue it may be on (and off the delayed set), and delete its ARQ keys."""
         job = message.engine_job_id
         for queue in {message.queue, *self.queues([message.task_type])} - {""}:
             pipe.zrem(queue, job)
+        if message.queue:
+            pipe.zrem(self.delayed, delayed_member(message))
         keys = self.arq_keys
         pipe.delete(keys.job(job), keys.retry(job), keys.in_progress(job))
 

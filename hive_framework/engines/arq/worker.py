@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any, cast
@@ -14,6 +15,8 @@ from arq.worker import Retry, func
 from arq.worker import Worker as _ArqWorker
 
 from ...broker.engine import Delivery, TaskRunner, Worker
+from ...broker.poison import digest, quarantine
+from ...models import TaskMessage
 from ...outage import Backoff, is_outage
 from ...redisutil import raise_if_cancelling
 from .keyspace import ArqKeyspaceRedis
@@ -28,6 +31,47 @@ logger = logging.getLogger(__name__)
 RUN_FUNCTION = "hive.run"
 #: ARQ's own job timeout; hive enforces each task's timeout itself, inside this.
 _ENGINE_TIMEOUT_S = 7 * 86400
+#: Score distance between two adjacent priority levels inside one queue (about 31 years in ms).
+PRIORITY_STEP_MS = 10**12
+#: Longest a due delayed task waits in the delayed set before a spore moves it onto its queue, in seconds.
+DELAYED_CHECK_S = 0.5
+
+#: Moves due delayed jobs onto their queues. KEYS[1] the delayed set (members JSON [queue, job id, score offset],
+#: scored by due ms); ARGV[1] now in ms, ARGV[2] how many at most, ARGV[3..] the prefixes of the hive's queues
+#: (a member naming another key is not followed). ZREM decides which caller moves a member, so it moves once;
+#: the job lands at score due + offset (its priority's place). Returns {next due ms or false, {bad members}}.
+_DUE_DELAYED = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+local bad = {}
+for i = 1, #due, 2 do
+  local member = due[i]
+  if redis.call('ZREM', KEYS[1], member) == 1 then
+    local moved = false
+    local ok, parts = pcall(cjson.decode, member)
+    if ok and type(parts) == 'table' and type(parts[1]) == 'string' and type(parts[2]) == 'string'
+        and parts[2] ~= '' and type(parts[3]) == 'number' then
+      local ours = false
+      for j = 3, #ARGV do
+        if string.sub(parts[1], 1, string.len(ARGV[j])) == ARGV[j] then ours = true end
+      end
+      if ours then
+        redis.call('ZADD', parts[1], tonumber(due[i + 1]) + parts[3], parts[2])
+        moved = true
+      end
+    end
+    if not moved then table.insert(bad, member) end
+  end
+end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {nxt[2] or false, bad}
+"""
+
+
+def delayed_member(message: TaskMessage) -> str:
+    """A delayed job's member of the delayed set: JSON ``[queue, job id, score offset]``, where the offset puts
+    the job at its priority's place in its queue (see ``_DUE_DELAYED``)."""
+    return json.dumps([message.queue, message.engine_job_id, -message.priority * PRIORITY_STEP_MS],
+                      ensure_ascii=False, separators=(",", ":"))
 
 
 class _MultiQueueWorker(_ArqWorker):
@@ -65,6 +109,11 @@ class _MultiQueueWorker(_ArqWorker):
         self.in_progress_timeout_s = config.lease_seconds
         self._job_queue: dict[str, str] = {}
         self.wake_event = asyncio.Event()
+        self.engine = engine
+        self._due_delayed = engine.redis.register_script(_DUE_DELAYED)
+        self._next_delayed_check = 0.0
+        #: Jobs of scheduled tasks delivered before they were due (clocks apart): back to the delayed set.
+        self._put_back: dict[str, TaskMessage] = {}
 
     async def _run_job_function(self, ctx: dict[str, Any], task_id: str) -> None:
         """The ARQ job function: begin and run the attempt; a retry becomes ARQ's ``Retry``."""
@@ -80,6 +129,8 @@ class _MultiQueueWorker(_ArqWorker):
             raise Retry(defer=Backoff(first=0.5).next_delay()) from exc
         for attempt in attempts:
             retry_in = await self.runner.run(attempt)
+            if attempt.early and retry_in is not None:
+                self._put_back[delivery.job_id] = attempt.message  # finish_job moves it to the delayed set
             if attempt.fenced:
                 # ARQ would delete the job on return; the task's record no longer shows this attempt, and the
                 # job may be what must run it again, so it stays (begun again, it runs or is skipped).
@@ -100,7 +151,27 @@ class _MultiQueueWorker(_ArqWorker):
                     await self.wake_event.wait()
             self.wake_event.clear()
 
+    async def _move_due_delayed(self) -> None:
+        """Move delayed jobs now due onto their queues (at most every :data:`DELAYED_CHECK_S`, sooner when one is
+        due sooner); a member that names no queue of this hive is quarantined."""
+        now = time.monotonic()
+        if now < self._next_delayed_check:
+            return
+        keys = self.engine.keys
+        next_due, bad = await self._due_delayed(
+            keys=[self.engine.delayed],
+            args=[int(time.time() * 1000), 500, keys.node_queue(""), keys.high_queue, keys.background_queue],
+        )
+        for member in bad or []:
+            await quarantine(self.engine.redis, keys, f"{self.engine.delayed} {digest(member)}", member,
+                             "a delayed job that names no queue of this hive and job")
+        wait = DELAYED_CHECK_S
+        if next_due:
+            wait = min(wait, max(float(next_due) / 1000 - time.time(), 0.0))
+        self._next_delayed_check = now + wait
+
     async def _poll_queues(self) -> None:
+        await self._move_due_delayed()
         if self.allow_pick_jobs:
             now = int(time.time() * 1000)
             for group in self.groups:
@@ -178,11 +249,15 @@ class _MultiQueueWorker(_ArqWorker):
     ) -> None:
         queue = self._job_queue.get(job_id, self.queue_name)
         keys = self.arq_keys
+        early = self._put_back.pop(job_id, None)
         async with self.pool.pipeline(transaction=True) as pipe:
             pipe.delete(keys.in_progress(job_id))
             if finish:
                 pipe.delete(keys.retry(job_id), keys.job(job_id))
                 pipe.zrem(queue, job_id)
+            elif early is not None and early.eta is not None:
+                pipe.zrem(queue, job_id)
+                pipe.zadd(self.engine.delayed, {delayed_member(early): int(early.eta.timestamp() * 1000)})
             elif incr_score:
                 pipe.zincrby(queue, incr_score, job_id)
             await pipe.execute()

@@ -3,7 +3,8 @@
 One stream per priority level (the seed's queue names carry the top level of each class: ``venom:tasks:high``
 for ``high_priority``, ``venom:tasks:background`` for ``background``; other levels add ``:<level>``), plus
 one per node for pinned tasks. Its own keys: ``{prefix}:streams:entries`` (job id -> entry id, so a queued
-job can be dropped) and ``{prefix}:streams:delayed`` (retries waiting out their backoff).
+job can be dropped) and ``{prefix}:streams:delayed`` (retries waiting out their backoff and delayed tasks not due
+yet).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class StreamsEngine(Engine):
 
     @property
     def delayed(self) -> str:
-        """Sorted set of retries waiting out their backoff, scored by due time in ms."""
+        """Sorted set of retries waiting out their backoff and scheduled tasks, scored by due time in ms."""
         return self.key("delayed")
 
     @property
@@ -90,11 +91,21 @@ class StreamsEngine(Engine):
         scripts.ADD.queue_whole(pipe, [message.queue, self.entries], [message.task_id, message.engine_job_id])
         pipe.sadd(self.types, message.task_type)
 
+    def schedule_ops(self, pipe: Pipeline, message: TaskMessage) -> None:
+        """Add the job to the delayed set, scored by when it is due: the spores' upkeep moves it onto its stream
+        then (``due_retries.lua``, the retries' path: one ZREM decides which spore moves it, so it moves once)."""
+        assert message.eta is not None
+        member = delayed_member(message.queue, message.task_id, message.engine_job_id)
+        pipe.zadd(self.delayed, {member: message.eta.timestamp() * 1000})
+        pipe.sadd(self.types, message.task_type)
+
     def drop_ops(self, pipe: Pipeline, message: TaskMessage) -> None:
         """Delete the job's entry from its stream if no spore has taken it yet (one taken is skipped by its
-        spore, as the job id no longer matches)."""
+        spore, as the job id no longer matches), and its member of the delayed set (a scheduled task or a
+        retry waiting out its backoff)."""
         if message.queue:
             scripts.DROP.queue_whole(pipe, [message.queue, self.entries], [message.engine_job_id])
+            pipe.zrem(self.delayed, delayed_member(message.queue, message.task_id, message.engine_job_id))
 
     def depth_ops(self, pipe: Pipeline) -> None:
         levels = [self.level_stream(level) for level in range(10, -1, -1)]
@@ -151,6 +162,10 @@ class StreamsEngine(Engine):
                 commands.append(("ZADD", self.delayed, repr(due_ms), member))
             elif message.status == TaskStatus.PENDING:
                 commands.append(("HIVE.REQUEUE", stream, self.entries, message.task_id, message.engine_job_id))
+            elif message.status == TaskStatus.SCHEDULED and message.eta is not None:
+                # Delivered before it was due (clocks apart): back to the delayed set until it is.
+                member = delayed_member(message.queue or stream, message.task_id, message.engine_job_id)
+                commands.append(("ZADD", self.delayed, repr(message.eta.timestamp() * 1000), member))
         if message.is_terminal:
             commands.append(("SMEMBERS", self.keys.dependents(message.task_id)))
         argv: list[Any] = fence.argv() if fence is not None else ["", "", "", ""]

@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 GROUP = "hive"
 #: How often a spore looks for consumers of stopped spores to remove from the groups, in seconds.
 CONSUMER_PRUNE_EVERY_S = 60.0
+#: Longest a due delayed task (or retry) waits in the delayed set before a spore moves it, in seconds.
+DELAYED_CHECK_S = 0.5
 
 
 class StreamWorker(Worker):
@@ -88,6 +90,8 @@ class StreamWorker(Worker):
                             await self._wake.wait()
                     continue
                 entries = await self._claim(free)
+                if not entries and not self._allow:
+                    continue  # paused while the claim ran: no blocking read, which pause() could not cancel
                 if not entries:
                     self._reader = asyncio.create_task(self._block())
                     try:
@@ -216,7 +220,8 @@ class StreamWorker(Worker):
     # --- upkeep --------------------------------------------------------------------------------------
 
     async def _upkeep(self) -> None:
-        """Move due retries back to their streams and take over entries whose spore stopped renewing them."""
+        """Move due retries and delayed tasks onto their streams and take over entries whose spore stopped
+        renewing them."""
         last_claim = 0.0
         last_prune = time.monotonic()
         keys = self.engine.keys
@@ -243,7 +248,8 @@ class StreamWorker(Worker):
             except Exception as exc:
                 logger.warning("stream upkeep failed: %s", exc)
                 next_due = None
-            wait = self.config.lease_seconds / 2
+            # A client may schedule a task due before the next one known here: look again at least this often.
+            wait = min(self.config.lease_seconds / 2, DELAYED_CHECK_S)
             if next_due:
                 wait = min(wait, max(float(next_due) / 1000 - time.time(), 0.0))
             self._retry_scheduled.clear()

@@ -252,6 +252,7 @@
       ["background", queues.depth.background],
       ["node queues", cluster.nodes.reduce((sum, n) => sum + (n.queued || 0), 0)],
       ["waiting / parked", queues.stats.tasks_waiting],
+      ["scheduled (delayed)", queues.stats.tasks_scheduled || 0],
       ["waiting for a spore", Object.values(queues.waiting_for_spores || {}).reduce((sum, w) => sum + w.tasks, 0)],
     ];
     box.replaceChildren(...entries.map(([k, n]) => el("div", { class: "depth" },

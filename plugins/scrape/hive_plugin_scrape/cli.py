@@ -87,7 +87,7 @@ def full_digest(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
         url = outcome["item"]["url"] if isinstance(outcome["item"], dict) else str(outcome["item"])
         if url in pages:
             continue
-        if outcome["status"] in ("pending", "waiting", "running", "retrying"):
+        if outcome["status"] in ("pending", "waiting", "scheduled", "running", "retrying"):
             pages[url] = {"error": "not finished before --wait-timeout (are spores running?)", "error_kind": "pending"}
         else:
             pages[url] = {"error": outcome.get("error") or outcome["status"], "error_kind": "task_failed"}

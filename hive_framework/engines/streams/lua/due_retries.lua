@@ -1,4 +1,4 @@
--- due_retries.lua: move retries whose backoff has passed back onto their streams.
+-- due_retries.lua: move retries whose backoff has passed, and delayed tasks now due, onto their streams.
 --
 -- KEYS[1]  {prefix}:streams:delayed, a sorted set of JSON arrays [stream, task id, job id], scored by due ms
 --          (members written before ids could hold any character are "stream \031 task id \031 job id")
