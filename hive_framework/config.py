@@ -19,6 +19,7 @@ import attrs
 from dotenv import dotenv_values
 
 from .errors import ConfigError
+from .limits import limit_from_table
 
 #: An attrs class of plugin settings (see :meth:`HiveConfig.plugin_settings`).
 SettingsT = TypeVar("SettingsT", bound=attrs.AttrsInstance)
@@ -190,6 +191,10 @@ class HiveConfig:
     )
     schedules: dict[str, dict[str, Any]] = attrs.field(
         factory=dict, metadata={"env": "", "doc": "Periodic tasks the leading nexus fires ([schedules.NAME] in TOML)."}
+    )
+    limits: dict[str, dict[str, Any]] = attrs.field(
+        factory=dict,
+        metadata={"env": "", "doc": "Per task type: rate, burst and a spore's concurrency ([limits.NAME] in TOML)."},
     )
 
     # --- derived -----------------------------------------------------------------------------------------
@@ -385,6 +390,10 @@ def _from_env(env: Mapping[str, str], *, source: str) -> dict[str, Any]:
     return out
 
 
+#: Settings that are tables of tables in TOML ([NAME.SUB]), beside [hive].
+_TABLES = ("plugins", "schedules", "limits")
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -401,13 +410,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: [hive] must be a table")
     values = dict(section)
     for key, value in data.items():
-        if key in ("plugins", "schedules") and key not in values:
-            values[key] = value  # [plugins.NAME] and [schedules.NAME] beside [hive]
+        if key in _TABLES and key not in values:
+            values[key] = value  # [plugins.NAME], [schedules.NAME] and [limits.NAME] beside [hive]
         elif key != "hive":
-            # Never drop a setting silently: next to [hive], only [plugins.NAME] and [schedules.NAME] belong.
+            # Never drop a setting silently: next to [hive], only the tables of _TABLES belong.
             raise ConfigError(
                 f"unknown top-level key {key!r} in config file {path}; put settings under [hive], "
-                "plugin settings under [plugins.NAME] and periodic tasks under [schedules.NAME]"
+                "plugin settings under [plugins.NAME], periodic tasks under [schedules.NAME] and task types' "
+                "limits under [limits.NAME]"
             )
     return values
 
@@ -420,9 +430,15 @@ def _build(values: dict[str, Any], *, source: str) -> HiveConfig:
         if field is None:
             raise ConfigError(f"unknown setting {key!r} in {source}; known settings: {', '.join(sorted(fields))}")
         label = field.metadata.get("env") or key
-        if key in ("plugins", "schedules"):
+        if key in _TABLES:
             if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
                 raise ConfigError(f"setting {key!r} must map names to tables ([{key}.NAME])")
+            if key == "limits":
+                for name, table in raw.items():
+                    try:
+                        limit_from_table(name, table)
+                    except ValueError as exc:
+                        raise ConfigError(f"{exc} (in {source})") from None
             kwargs[key] = raw
             continue
         parse = _parser_for(field)

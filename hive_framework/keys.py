@@ -141,6 +141,10 @@ class Keys:
         """Hash: schedule name -> the last tick claimed (Unix seconds); ``NAME:task`` -> that tick's task id."""
         return f"{self.prefix}:schedules:ticks"
 
+    def rate(self, task_type: str) -> str:
+        """The rate bucket of a rated task type: the GCRA arrival time in ms (hive_framework.limits)."""
+        return f"{self.prefix}:rate:{task_type}"
+
     def engine(self, name: str) -> str:
         """Root of the keys one queueing engine owns (``{prefix}:streams``, ``{prefix}:arq``)."""
         return f"{self.prefix}:{name}"

@@ -34,6 +34,7 @@ from .broker.poison import digest, quarantine
 from .errors import FatalCondition, UnknownTaskType, WireError
 from .isolation import ProcessPool
 from .kernel import Kernel
+from .limits import Buckets, TypeLimits, limits_of
 from .models import BroadcastMessage, BroadcastReply, NodeInfo, TaskMessage, utcnow
 from .outage import RedisLink, is_outage, try_twice
 from .redisutil import raise_if_cancelling
@@ -178,7 +179,13 @@ class Spore:
         runner = AttemptRunner(
             self.broker, node_id=self.node_id, node_name=self.node_name, concurrency=self.concurrency,
             task_types=sorted(self.kernel.task_types), execute=self._execute, log=self.log, link=self.link,
+            limits=TypeLimits(limits_of(self.kernel.task_types, self.config.limits),
+                              Buckets(self.broker.redis, self.kernel.keys.rate)),
         )
+        for name, limit in sorted(runner.limits.limits.items()):
+            self.log.info("task type %s: %s", name, ", ".join(
+                ([f"rate {limit.rate} (burst {limit.rate.burst}) across the hive"] if limit.rate else [])
+                + ([f"at most {limit.concurrency} at once here"] if limit.concurrency else [])))
         worker = self.worker = self.broker.engine.create_worker(runner)
         if self.paused:
             worker.pause()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, overload
 import attrs
 
 from . import wire
+from .limits import Rate, TypeLimit, check_concurrency
 from .models import TaskProgress
 
 if TYPE_CHECKING:
@@ -59,6 +60,11 @@ class TaskType:
     schedule: str | None = attrs.field(default=None)
     #: Where a sync handler runs: "thread" (the default) or "process", a child process killed at the timeout.
     isolation: str = attrs.field(default="thread")
+    #: Cluster-wide rate, e.g. ``"100/m"``: spores together start at most that many (``burst`` back to back).
+    rate: str | None = attrs.field(default=None)
+    burst: int = 1
+    #: Most attempts of this type one spore runs at once (e.g. its cores, for CPU-bound work); None: its slots.
+    concurrency: int | None = attrs.field(default=None)
 
     @name.validator
     def _check_name(self, attribute: attrs.Attribute[str], value: str) -> None:
@@ -92,6 +98,25 @@ class TaskType:
                 handler_address(self.handler)
             except ValueError as exc:
                 raise ValueError(f"task type {self.name!r}: {exc}") from None
+
+    @rate.validator
+    def _check_rate(self, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+        try:
+            if value is not None:
+                Rate.parse(value, self.burst)
+            elif self.burst != 1:
+                raise ValueError(f"burst={self.burst!r} without a rate")
+        except ValueError as exc:
+            raise ValueError(f"task type {self.name!r}: {exc}") from None
+
+    @concurrency.validator
+    def _check_concurrency(self, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+        check_concurrency(value, f"task type {self.name!r}")
+
+    @property
+    def limit(self) -> TypeLimit:
+        """The declared rate and per-spore cap (a ``[limits.NAME]`` table in ``hive.toml`` overrides them)."""
+        return TypeLimit(rate=Rate.parse(self.rate, self.burst) if self.rate else None, concurrency=self.concurrency)
 
     @property
     def is_async(self) -> bool:
@@ -131,6 +156,9 @@ def task(
     wait_timeout: float | None = None,
     schedule: str | None = None,
     isolation: str = "thread",
+    rate: str | None = None,
+    burst: int = 1,
+    concurrency: int | None = None,
 ) -> Callable[[Callable[..., Any]], TaskType]: ...
 
 
@@ -147,6 +175,9 @@ def task(
     wait_timeout: float | None = None,
     schedule: str | None = None,
     isolation: str = "thread",
+    rate: str | None = None,
+    burst: int = 1,
+    concurrency: int | None = None,
 ) -> TaskType | Callable[[Callable[..., Any]], TaskType]:
     """Declare a task type, as Celery's ``@app.task`` or Dramatiq's ``@actor`` do.
 
@@ -160,6 +191,8 @@ def task(
     ``schema`` (a JSON Schema of the payload) is shown to callers that list task types, such as agents.
     ``schedule`` (``"*/5 * * * *"`` or ``"every 30s"``) makes the leading nexus run it with an empty payload.
     ``isolation="process"`` runs a sync handler in a child process, killed when the task times out.
+    ``rate="100/m"`` (with ``burst``) limits how often the whole hive starts tasks of the type;
+    ``concurrency=2`` how many of them one spore runs at once.
     """
 
     def wrap(func: Callable[..., Any]) -> TaskType:
@@ -174,6 +207,9 @@ def task(
             wait_timeout=wait_timeout,
             schedule=schedule,
             isolation=isolation,
+            rate=rate,
+            burst=burst,
+            concurrency=concurrency,
             description=(inspect.getdoc(func) or "").split("\n")[0],
             schema=schema,
         )

@@ -7,6 +7,7 @@ spore only supplies how a task is executed (its handler, its thread pool, its co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,6 +17,7 @@ import attrs
 
 from .. import wire
 from ..errors import UnknownTaskType, WireError
+from ..limits import TypeLimits
 from ..models import TaskMessage, TaskStatus, utcnow
 from ..outage import RedisLink, is_outage
 from ..policies import retry_delay
@@ -77,6 +79,7 @@ class AttemptRunner:
         execute: Callable[[TaskMessage], Awaitable[Any]],
         log: logging.Logger | None = None,
         link: RedisLink | None = None,
+        limits: TypeLimits | None = None,
     ) -> None:
         self.broker = broker
         self.node_id = node_id
@@ -88,6 +91,8 @@ class AttemptRunner:
         #: Where outages are reported; an outcome that cannot be saved because Redis is away is saved again
         #: (with back-off) until it can be, or until the fence says a newer attempt owns the task.
         self.link = link or RedisLink(self.log)
+        #: Per-type rates and caps: workers consult them before they claim; :meth:`run` enforces the caps.
+        self.limits = limits or TypeLimits({})
 
     async def begin(self, deliveries: Sequence[Delivery]) -> list[Attempt]:
         """Mark every delivered task running in one round trip; settle the ones with nothing to run."""
@@ -151,7 +156,12 @@ class AttemptRunner:
         try:
             if hooks["before_task"]:  # outside the timeout: hooks do not eat into the task's time
                 await kernel.run_lifecycle("before_task", task=message, node_id=self.node_id)
-            async with asyncio.timeout(message.timeout) as deadline:
+            slot = self.limits.slot(message.task_type)
+            if slot is not None and slot.locked():
+                # Taken past the cap (pinned to this spore, taken over from a lost one): wait for a turn first.
+                self.log.info("task %s waits for one of the %s running here to finish", message.task_id,
+                              message.task_type)
+            async with slot or contextlib.nullcontext(), asyncio.timeout(message.timeout) as deadline:
                 result = await self._execute(message)
             wire.json_size(result)
         except asyncio.CancelledError:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from ..config import HiveConfig
     from ..keys import Keys
+    from ..limits import TypeLimits
     from .base import MessageBroker
 
 logger = logging.getLogger(__name__)
@@ -136,6 +137,8 @@ class TaskRunner(Protocol):
     concurrency: int
     #: The task types this spore serves: its worker takes no job of any other type (skills are capabilities).
     task_types: Sequence[str]
+    #: Per-type rates and caps; the worker takes no job of a type ``limits.blocked`` names.
+    limits: TypeLimits
 
     async def begin(self, deliveries: Sequence[Delivery]) -> list[Attempt]:
         """Mark the tasks of ``deliveries`` running; returns those to run (the rest were settled or failed)."""

@@ -114,6 +114,10 @@ class _MultiQueueWorker(_ArqWorker):
         self._next_delayed_check = 0.0
         #: Jobs of scheduled tasks delivered before they were due (clocks apart): back to the delayed set.
         self._put_back: dict[str, TaskMessage] = {}
+        self.limits = runner.limits
+        #: The task type of each shared queue of a limited type; and of each job started from one, while it runs.
+        self._limited = {q: t for t in runner.task_types if t in self.limits.limits for q in engine.queues([t])}
+        self._job_type: dict[str, str] = {}
 
     async def _run_job_function(self, ctx: dict[str, Any], task_id: str) -> None:
         """The ARQ job function: begin and run the attempt; a retry becomes ARQ's ``Retry``."""
@@ -174,9 +178,14 @@ class _MultiQueueWorker(_ArqWorker):
         await self._move_due_delayed()
         if self.allow_pick_jobs:
             now = int(time.time() * 1000)
+            blocked = self.limits.blocked(set(self._limited.values())) if self._limited else set()
             for group in self.groups:
+                if blocked:
+                    group = [q for q in group if self._limited.get(q) not in blocked]
                 if self.job_counter >= self.max_jobs:
                     break
+                if not group:
+                    continue
                 if len(group) == 1:
                     job_ids = await self.pool.zrangebyscore(
                         group[0], min=float("-inf"), max=now, start=0, num=self.queue_read_limit
@@ -202,31 +211,51 @@ class _MultiQueueWorker(_ArqWorker):
                 del self.tasks[job_id]
 
     async def _start_from(self, queue: str, job_ids: list[bytes]) -> None:
+        kind = self._limited.get(queue)
         for raw_id in job_ids:
             if self.job_counter >= self.max_jobs:
                 return
             job_id = raw_id.decode()
             if job_id in self.tasks:
                 continue
-            in_progress = self.arq_keys.in_progress(job_id)
-            async with self.pool.pipeline(transaction=True) as pipe:
-                await pipe.watch(in_progress)
-                running = await pipe.exists(in_progress)
-                score = await pipe.zscore(queue, job_id)
-                if running or score is None or score > time.time() * 1000:
-                    continue
-                pipe.multi()
-                pipe.psetex(in_progress, int(self.in_progress_timeout_s * 1000), b"1")
-                try:
-                    await pipe.execute()
-                except Exception as exc:  # WatchError: another spore took it first
-                    logger.debug("job %s taken elsewhere: %s", job_id, exc)
-                    continue
+            token = False
+            if kind is not None:
+                if kind in self.limits.blocked([kind]):
+                    return
+                token = kind in self.limits.rated
+                if token and not (await self.limits.grant([kind], 1)).get(kind):
+                    return
+            score = await self._take_job(queue, job_id)
+            if score is None:
+                if token and kind is not None:
+                    await self.limits.give_back({kind: 1})
+                continue
+            if kind is not None:
+                self.limits.started(kind)
+                self._job_type[job_id] = kind
             self.job_counter += 1
             self._job_queue[job_id] = queue
             job = self.loop.create_task(self.run_job(job_id, int(score)))
             job.add_done_callback(functools.partial(self._job_done, job_id))
             self.tasks[job_id] = job
+
+    async def _take_job(self, queue: str, job_id: str) -> float | None:
+        """Mark ``job_id`` in progress here unless another spore took it or it is not due: its score, or None."""
+        in_progress = self.arq_keys.in_progress(job_id)
+        async with self.pool.pipeline(transaction=True) as pipe:
+            await pipe.watch(in_progress)
+            running = await pipe.exists(in_progress)
+            score = await pipe.zscore(queue, job_id)
+            if running or score is None or score > time.time() * 1000:
+                return None
+            pipe.multi()
+            pipe.psetex(in_progress, int(self.in_progress_timeout_s * 1000), b"1")
+            try:
+                await pipe.execute()
+            except Exception as exc:  # WatchError: another spore took it first
+                logger.debug("job %s taken elsewhere: %s", job_id, exc)
+                return None
+        return float(score)
 
     def _job_done(self, job_id: str, task: asyncio.Task[Any] | None = None) -> None:
         if task is not None and not task.cancelled() and task.exception() is not None:
@@ -235,6 +264,9 @@ class _MultiQueueWorker(_ArqWorker):
             logger.warning("job %s ended with an error: %r", job_id, task.exception())
         self.job_counter -= 1
         self._job_queue.pop(job_id, None)
+        kind = self._job_type.pop(job_id, None)
+        if kind is not None:
+            self.limits.finished(kind)
         self.wake_event.set()
 
     async def finish_job(

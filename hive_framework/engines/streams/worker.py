@@ -29,6 +29,8 @@ GROUP = "hive"
 CONSUMER_PRUNE_EVERY_S = 60.0
 #: Longest a due delayed task (or retry) waits in the delayed set before a spore moves it, in seconds.
 DELAYED_CHECK_S = 0.5
+#: Longest a spore waits in a blocking read while a type it serves is at its cap, so a freed place is used soon.
+CAPPED_POLL_S = 0.1
 
 
 class StreamWorker(Worker):
@@ -44,6 +46,9 @@ class StreamWorker(Worker):
         types = sorted(runner.task_types)
         self._levels = [[engine.type_stream(level, t) for t in types] for level in range(10, -1, -1)]
         self._turn = 0
+        self.limits = runner.limits
+        #: The task type of each shared stream, for the limited types only (their levels share one limit).
+        self._limited = {stream: t for t in types if t in self.limits.limits for stream in engine.queues([t])}
         self.consumer = f"{runner.node_id}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._allow = True
         self._reader: asyncio.Task[Any] | None = None
@@ -160,17 +165,74 @@ class StreamWorker(Worker):
         return [self.queues[0], *(s for level in self._levels for s in (*level[turn:], *level[:turn]))]
 
     async def _claim(self, count: int) -> list[Delivery]:
-        raw = await scripts.CLAIM(self.redis, self._claim_order(), [GROUP, self.consumer, str(count)])
-        return [_delivery(text(stream), entry_id, entry) for stream, entry_id, entry in raw or []]
+        order = self._claim_order()
+        if not self._limited:
+            raw = await scripts.CLAIM(self.redis, order, [GROUP, self.consumer, str(count)])
+            return [_delivery(text(stream), entry_id, entry) for stream, entry_id, entry in raw or []]
+        # Limited types: leave out those at their cap or with a dry bucket, take tokens for the rated ones, let
+        # the script give each type at most its room, then give back the tokens of tasks not there to take.
+        limits = self.limits
+        served = sorted(set(self._limited.values()))
+        blocked = limits.blocked(served)
+        granted = await limits.grant([t for t in served if t not in blocked], count)
+        room: dict[str, int] = {}
+        for name in served:
+            if name in blocked:
+                room[name] = 0
+            else:
+                cap = limits.room(name)
+                room[name] = min(count if cap is None else cap, granted.get(name, count))
+        groups = {name: i for i, name in enumerate(served, 1)}
+        args = [GROUP, self.consumer, str(count),
+                *(str(groups[self._limited[s]]) if s in self._limited else "0" for s in order),
+                *(str(room[name]) for name in served)]
+        raw = await scripts.CLAIM(self.redis, order, args)
+        found = [_delivery(text(stream), entry_id, entry) for stream, entry_id, entry in raw or []]
+        unused = dict(granted)
+        for delivery in found:
+            kind = self._limited.get(delivery.receipt[0])
+            if kind in unused:
+                unused[kind] -= 1
+        await limits.give_back(unused)
+        return found
 
     async def _block(self) -> list[Delivery]:
-        """Wait up to a second for new entries on any stream (one per stream at most), highest priority first."""
-        reply = await self.redis.xreadgroup(GROUP, self.consumer, {s: ">" for s in self.queues}, count=1, block=1000)
+        """Wait up to a second for new entries on any stream (one per stream at most), highest priority first.
+
+        Streams of limited types blocked now are not read, and the wait is cut short when one may be again (a
+        token comes, or soon after one of its running tasks ends); an entry of a rated type read here is charged
+        to its bucket afterwards (a bucket may overdraw by one task per spore, paid back by later takers)."""
+        streams = self.queues
+        timeout = 1.0
+        if self._limited:
+            blocked = self.limits.blocked(set(self._limited.values()))
+            streams = [s for s in self.queues if self._limited.get(s) not in blocked]
+            if any(self.limits.room(t) == 0 for t in blocked):
+                timeout = CAPPED_POLL_S
+            token_in = self.limits.next_token_in()
+            if token_in is not None:
+                timeout = min(timeout, max(token_in, 0.005))
+        if not streams:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            return []
+        reply = await self.redis.xreadgroup(GROUP, self.consumer, {s: ">" for s in streams}, count=1,
+                                            block=max(int(timeout * 1000), 1))
         order = {s: i for i, s in enumerate(self.queues)}
         found = [
             _delivery(text(stream), entry_id, entry) for stream, items in (reply or []) for entry_id, entry in items
         ]
-        return sorted(found, key=lambda d: order.get(d.receipt[0], len(order)))
+        found.sort(key=lambda d: order.get(d.receipt[0], len(order)))
+        if self._limited and found:
+            taken: dict[str, int] = {}
+            for delivery in found:
+                name = self._limited.get(delivery.receipt[0])
+                if name is not None:
+                    taken[name] = taken.get(name, 0) + 1
+            await self.limits.charge(taken)
+        return found
 
     async def _hand_back(self, deliveries: Sequence[Delivery]) -> None:
         """Return entries read just as the spore paused to their streams, for other spores."""
@@ -201,6 +263,7 @@ class StreamWorker(Worker):
             stream, entry_id = attempt.delivery.receipt
             handle = f"{stream}\x1f{text(entry_id)}"
             self._held[handle] = (stream, entry_id)
+            self.limits.started(attempt.message.task_type)
             self.tasks[handle] = asyncio.create_task(self._run(handle, attempt))
 
     async def _run(self, handle: str, attempt: Attempt) -> None:
@@ -213,6 +276,7 @@ class StreamWorker(Worker):
             logger.exception("task %s: its outcome could not be recorded; its entry stays pending",
                              attempt.message.task_id)
         finally:
+            self.limits.finished(attempt.message.task_type)
             self.tasks.pop(handle, None)
             self._held.pop(handle, None)
             self._wake.set()

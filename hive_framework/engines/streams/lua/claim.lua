@@ -6,17 +6,31 @@
 -- ARGV[1]     the consumer group
 -- ARGV[2]     the consumer name
 -- ARGV[3]     how many entries at most
+-- ARGV[4..3+n] (optional) per stream, the number of its limit group (0: none): the streams of one task
+--             type with a cap or a rate share a group, so its levels together give at most the group's count
+-- ARGV[4+n..] (optional) how many entries at most each limit group 1, 2... may give
 -- Reads (XREADGROUP '>') add the entries to the consumer's pending list; writes nothing else.
 -- Returns {{stream, entry id, {field, value, ...}}, ...} in priority order.
 local want = tonumber(ARGV[3])
+local n = #KEYS
+local room = {}
+if #ARGV > 3 then
+  for g = 1, #ARGV - 3 - n do room[g] = tonumber(ARGV[3 + n + g]) end
+end
 local out = {}
-for _, key in ipairs(KEYS) do
+for i, key in ipairs(KEYS) do
   if want <= 0 then break end
-  local got = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', want, 'STREAMS', key, '>')
-  if got then
-    for _, entry in ipairs(got[1][2]) do
-      table.insert(out, {key, entry[1], entry[2]})
-      want = want - 1
+  local group = tonumber(ARGV[3 + i] or '0') or 0
+  local count = want
+  if group > 0 and room[group] < count then count = room[group] end
+  if count > 0 then
+    local got = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', count, 'STREAMS', key, '>')
+    if got then
+      for _, entry in ipairs(got[1][2]) do
+        table.insert(out, {key, entry[1], entry[2]})
+        want = want - 1
+        if group > 0 then room[group] = room[group] - 1 end
+      end
     end
   end
 end
