@@ -107,7 +107,10 @@ def scan_archive(data: bytes, shard: Shard) -> ScanResult:
         return scan_files(base, shard.paths, shard.scanners)
 
 
-@task(TASK_TYPE, priority="high_priority", timeout=600, max_retries=1, reducer=REDUCER)
+# bandit and detect-secrets are pure Python: a spore process gains nothing from a second shard at once (the GIL),
+# and a shard it holds waiting is one another spore could run. More spores use more cores; a spore's other
+# slots stay free for other task types. [limits.security_scan] concurrency = N overrides it per spore.
+@task(TASK_TYPE, priority="high_priority", timeout=600, max_retries=1, reducer=REDUCER, concurrency=1)
 async def security_scan(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:
     """Scan one shard of a folder with bandit, detect-secrets and the dependency-file checks."""
     shard = Shard.from_payload(payload)

@@ -6,6 +6,7 @@ Every test here needs a Redis (``hive_config``): the one at HIVE_TEST_REDIS_URL,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -128,6 +129,29 @@ async def test_one_spore_or_several_processes_give_identical_findings(hive: Hive
     # Then both scans report exactly the findings of the scanners run directly on the tree
     assert alone.findings == expected and alone.nodes == {"one": 6}
     assert together.findings == expected and together.complete and len(together.nodes) >= 2
+
+
+@pytest.mark.slow
+async def test_a_spore_with_many_slots_leaves_shards_for_a_spore_that_joins(hive: Hive, spore_processes: Any,
+                                                                          tmp_path: Path) -> None:
+    # Given one spore with the default ten slots (a cluster that also serves other task types) and a large tree
+    tree = tmp_path / "tree"
+    for index in range(16):
+        shutil.copytree(VULNERABLE, tree / f"vulnerable-{index}")
+    spore_processes("wide-a", concurrency=10)
+    await _online(hive, 1)
+    # When a scan of eight shards starts, and a second spore joins once the first is at work
+    scan = asyncio.create_task(_scan(hive, tree, shards=8))
+    await async_wait_until(lambda: _running_shards(hive), timeout=60, what="a shard running")
+    spore_processes("wide-b", concurrency=10)
+    report = await scan
+    # Then the first spore ran its shards one at a time and left the rest queued: the second ran some of them
+    assert report.complete and sum(report.nodes.values()) == 8
+    assert report.nodes.get("wide-b", 0) >= 1, report.nodes
+
+
+async def _running_shards(hive: Hive) -> bool:
+    return (await hive.queue_stats()).get("tasks_running", 0) >= 1
 
 
 @pytest.mark.slow
