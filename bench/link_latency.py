@@ -27,7 +27,8 @@ from hive_framework.testing import async_wait_until, child_env, fast_config, hiv
 from hive_framework.testing.faultproxy import FaultProxy  # noqa: E402
 from hive_framework.testing.netns import TestNet, netns_problem, stop_process  # noqa: E402
 
-SKILLS = "tests.apps.skills"  # serves `scan` (a no-op) when TEST_SKILLS_SERVED=scan
+BASIC = "tests.apps.basic"  # `add`: a tiny async task that touches nothing, so the link is all there is to time
+TINY = ("add", {"a": 1, "b": 2})
 
 
 async def round_trips_and_drain(hive: Hive, tasks: int) -> tuple[float, float]:
@@ -35,9 +36,9 @@ async def round_trips_and_drain(hive: Hive, tasks: int) -> tuple[float, float]:
     trips = []
     for _ in range(20):
         started = time.perf_counter()
-        await hive.run("scan", {}, timeout=60)
+        await hive.run(*TINY, timeout=60)
         trips.append(time.perf_counter() - started)
-    ids = await hive.submit_many([TaskSpec(task_type="scan", payload={}) for _ in range(tasks)])
+    ids = await hive.submit_many([TaskSpec(task_type=TINY[0], payload=TINY[1]) for _ in range(tasks)])
     started = time.perf_counter()
     for task_id in ids:
         await hive.wait(task_id, timeout=600)
@@ -54,10 +55,9 @@ async def measure(broker: str, tasks: int) -> dict[str, tuple[float, float]]:
         try:
             for label, url in (("beside Redis", redis_url), ("50 ms link", f"redis://{host}:{port}/0")):
                 config = fast_config(redis_url, broker=broker)
-                env = child_env(config, {"HIVE_APP": "", "PYTHONPATH": str(ROOT), "TEST_SKILLS_SERVED": "scan",
-                                         "REDIS_URL": url})
+                env = child_env(config, {"HIVE_APP": "", "PYTHONPATH": str(ROOT), "REDIS_URL": url})
                 name = f"bench-{label[:2]}"
-                argv = hive_argv("spore", "--name", name, "--app", SKILLS, "--concurrency", "50")
+                argv = hive_argv("spore", "--name", name, "--app", BASIC, "--concurrency", "50")
                 proc = net["redis"].popen(argv, env=env, log=Path(logs) / f"{name}.log", cwd=ROOT)
                 hive = Hive(Kernel(config))
                 await hive.open()
@@ -66,7 +66,7 @@ async def measure(broker: str, tasks: int) -> dict[str, tuple[float, float]]:
                         return name in {n.node_name for n in await hive.nodes()}
 
                     await async_wait_until(online, timeout=60, what=f"spore {name}")
-                    await hive.submit("scan", {}, allow_unknown=True)
+                    await hive.run(*TINY, timeout=60, allow_unknown=True)  # warm up
                     print(f"measuring {label} ...", file=sys.stderr)
                     figures[label] = await round_trips_and_drain(hive, tasks)
                 finally:

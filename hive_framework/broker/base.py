@@ -428,14 +428,18 @@ return held
                     message.progress = live
         return message
 
-    async def get_tasks(self, task_ids: Iterable[str]) -> list[TaskMessage | None]:
-        """The stored tasks (``None`` where there is none). A record that does not decode is quarantined
-        (:mod:`.poison`: raw bytes and reason kept, the key and its index entries removed) and reads as
-        ``None``: one poison record never fails a spore's batch, a sweep or an API call."""
+    async def get_tasks(
+        self, task_ids: Iterable[str], raws: Sequence[bytes | str | None] | None = None
+    ) -> list[TaskMessage | None]:
+        """The stored tasks (``None`` where there is none), read now or decoded from ``raws`` read already. A
+        record that does not decode is quarantined (:mod:`.poison`: raw bytes and reason kept, the key and its
+        index entries removed) and reads as ``None``: one poison record never fails a spore's batch, a sweep
+        or an API call."""
         ids = list(task_ids)
         if not ids:
             return []
-        raws = await self.redis.mget([self.keys.task(t) for t in ids])
+        if raws is None:
+            raws = await self.redis.mget([self.keys.task(t) for t in ids])
         out: list[TaskMessage | None] = []
         for task_id, raw in zip(ids, raws, strict=True):
             try:

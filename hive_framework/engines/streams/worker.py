@@ -11,9 +11,10 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import attrs
 from redis.exceptions import ResponseError
 
-from ...broker.engine import Attempt, Delivery, TaskRunner, Worker
+from ...broker.engine import Attempt, Delivery, Prefetched, TaskRunner, Worker
 from ...broker.poison import digest, quarantine
 from ...redisutil import awaited, fields, raise_if_cancelling, text
 from . import scripts
@@ -29,6 +30,8 @@ GROUP = "hive"
 CONSUMER_PRUNE_EVERY_S = 60.0
 #: Longest a due delayed task (or retry) waits in the delayed set before a spore moves it, in seconds.
 DELAYED_CHECK_S = 0.5
+#: Blocking reads in a row that each found one task, after which a spore claims in batches again.
+BLOCKING_STREAK = 3
 #: Longest a spore waits in a blocking read while a type it serves is at its cap, so a freed place is used soon.
 CAPPED_POLL_S = 0.1
 
@@ -52,6 +55,8 @@ class StreamWorker(Worker):
         self.consumer = f"{runner.node_id}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._allow = True
         self._reader: asyncio.Task[Any] | None = None
+        #: Blocking reads in a row that found one task each (see :meth:`main`).
+        self._block_streak = 0
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._held: dict[str, tuple[str, Any]] = {}
         self._wake = asyncio.Event()
@@ -94,7 +99,11 @@ class StreamWorker(Worker):
                         async with asyncio.timeout(1.0):
                             await self._wake.wait()
                     continue
-                entries = await self._claim(free)
+                # After a blocking read that found one task, read blocking again rather than claim: then the
+                # spore is already waiting when the next one comes (a claim in flight would miss it and cost a
+                # round trip more). Several tasks at once, or a few reads in a row that each found one, look
+                # like a burst: then claims take them in batches.
+                entries = [] if self._block_streak else await self._claim(free)
                 if not entries and not self._allow:
                     continue  # paused while the claim ran: no blocking read, which pause() could not cancel
                 if not entries:
@@ -108,6 +117,8 @@ class StreamWorker(Worker):
                         continue  # paused while waiting
                     finally:
                         self._reader = None
+                    found_one = len(entries) == 1 and self._block_streak < BLOCKING_STREAK
+                    self._block_streak = self._block_streak + 1 if found_one else 0
                 if entries and not self._allow:
                     await self._hand_back(entries)
                 elif entries:
@@ -166,9 +177,10 @@ class StreamWorker(Worker):
 
     async def _claim(self, count: int) -> list[Delivery]:
         order = self._claim_order()
+        records = self.engine.keys.task("")
         if not self._limited:
-            raw = await scripts.CLAIM(self.redis, order, [GROUP, self.consumer, str(count)])
-            return [_delivery(text(stream), entry_id, entry) for stream, entry_id, entry in raw or []]
+            raw = await scripts.CLAIM(self.redis, order, [GROUP, self.consumer, str(count), records])
+            return [_delivery(text(stream), entry_id, entry, record) for stream, entry_id, entry, record in raw or []]
         # Limited types: leave out those at their cap or with a dry bucket, take tokens for the rated ones, let
         # the script give each type at most its room, then give back the tokens of tasks not there to take.
         limits = self.limits
@@ -183,11 +195,11 @@ class StreamWorker(Worker):
                 cap = limits.room(name)
                 room[name] = min(count if cap is None else cap, granted.get(name, count))
         groups = {name: i for i, name in enumerate(served, 1)}
-        args = [GROUP, self.consumer, str(count),
+        args = [GROUP, self.consumer, str(count), records,
                 *(str(groups[self._limited[s]]) if s in self._limited else "0" for s in order),
                 *(str(room[name]) for name in served)]
         raw = await scripts.CLAIM(self.redis, order, args)
-        found = [_delivery(text(stream), entry_id, entry) for stream, entry_id, entry in raw or []]
+        found = [_delivery(text(stream), entry_id, entry, record) for stream, entry_id, entry, record in raw or []]
         unused = dict(granted)
         for delivery in found:
             kind = self._limited.get(delivery.receipt[0])
@@ -369,6 +381,14 @@ class StreamWorker(Worker):
                 await self._start(taken)
 
 
-def _delivery(stream: str, entry_id: Any, raw: Any) -> Delivery:
+#: What the claim script's reply has for an entry whose task record it read (``False`` from Lua: none).
+_NOT_READ = object()
+
+
+def _delivery(stream: str, entry_id: Any, raw: Any, record: Any = _NOT_READ) -> Delivery:
+    """A delivery of a stream entry; with the task's ``record`` when the claim read it (``None``: it has none)."""
     entry = fields(raw)
-    return Delivery(task_id=entry.get("t", ""), job_id=entry.get("j", ""), receipt=(stream, entry_id))
+    delivery = Delivery(task_id=entry.get("t", ""), job_id=entry.get("j", ""), receipt=(stream, entry_id))
+    if record is _NOT_READ:
+        return delivery
+    return attrs.evolve(delivery, record=Prefetched(record if isinstance(record, bytes | str) else None))
