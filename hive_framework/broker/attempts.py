@@ -209,6 +209,7 @@ class AttemptRunner:
             failure = exc
             error = f"{type(exc).__name__}: {exc}"
         else:
+            attempt.ran()
             message.status = TaskStatus.COMPLETED
             message.result = result
             message.error = None
@@ -217,6 +218,7 @@ class AttemptRunner:
             if hooks["after_task"] and not attempt.fenced:
                 await kernel.run_lifecycle("after_task", task=message, result=result, node_id=self.node_id)
             return None
+        attempt.ran()
         message.error = error
         if retriable and message.attempt <= message.max_retries:
             delay = retry_delay(self.broker.config, message.attempt)

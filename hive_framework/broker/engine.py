@@ -15,7 +15,7 @@ import abc
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import attrs
@@ -163,6 +163,13 @@ class Attempt:
     #: The save of the begin, shared by the attempts begun together (engine ``record`` replies), still on its
     #: way while the attempt runs; awaited after the outcome is saved.
     begun: asyncio.Future[list[list[str] | None]] | None = attrs.field(default=None, repr=False, eq=False)
+    #: Called when the handler is done and only the outcome's save is left (a worker may give the slot to the
+    #: next task meanwhile).
+    on_ran: Callable[[], None] | None = attrs.field(default=None, repr=False, eq=False)
+
+    def ran(self) -> None:
+        if self.on_ran is not None:
+            self.on_ran()
 
 
 class TaskRunner(Protocol):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -30,6 +31,8 @@ GROUP = "hive"
 CONSUMER_PRUNE_EVERY_S = 60.0
 #: Longest a due delayed task (or retry) waits in the delayed set before a spore moves it, in seconds.
 DELAYED_CHECK_S = 0.5
+#: Event-loop steps a spore gives the attempts it just started before it claims again (see :meth:`main`).
+SETTLE_STEPS = 8
 #: Blocking reads in a row that each found one task, after which a spore claims in batches again.
 BLOCKING_STREAK = 3
 #: Longest a spore waits in a blocking read while a type it serves is at its cap, so a freed place is used soon.
@@ -58,6 +61,8 @@ class StreamWorker(Worker):
         #: Blocking reads in a row that found one task each (see :meth:`main`).
         self._block_streak = 0
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        #: Tasks whose handler is done and whose outcome is being saved: they hold no slot.
+        self._saving: set[str] = set()
         self._held: dict[str, tuple[str, Any]] = {}
         self._wake = asyncio.Event()
         self._retry_scheduled = asyncio.Event()
@@ -92,7 +97,7 @@ class StreamWorker(Worker):
         try:
             while True:
                 raise_if_cancelling()
-                free = self.capacity - len(self.tasks)
+                free = self._free()
                 if not self._allow or free <= 0:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
@@ -123,10 +128,21 @@ class StreamWorker(Worker):
                     await self._hand_back(entries)
                 elif entries:
                     await self._start(entries)
+                    # Let the attempts just started run a few steps: tiny ones finish (their slot is free
+                    # again) before the next claim counts the free slots, rather than a claim of one slot
+                    # keeping the others waiting a round trip.
+                    for _ in range(SETTLE_STEPS):
+                        if self._free() * 4 >= self.capacity:
+                            break
+                        await asyncio.sleep(0)
         finally:
             upkeep.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await upkeep
+
+    def _free(self) -> int:
+        """Slots free now: tasks whose outcome is only being saved hold none (at most a slot's worth of them)."""
+        return self.capacity - len(self.tasks) + min(len(self._saving), self.capacity)
 
     async def refresh_leases(self) -> None:
         """Reset the idle time of every entry this spore holds, so no other spore takes it over."""
@@ -276,7 +292,14 @@ class StreamWorker(Worker):
             handle = f"{stream}\x1f{text(entry_id)}"
             self._held[handle] = (stream, entry_id)
             self.limits.started(attempt.message.task_type)
+            attempt.on_ran = functools.partial(self._ran, handle)
             self.tasks[handle] = asyncio.create_task(self._run(handle, attempt))
+
+    def _ran(self, handle: str) -> None:
+        """The handler of ``handle`` is done, its outcome being saved: its slot may take the next task (at most
+        as many saves in flight as slots, so a Redis that stops answering stops the claims too)."""
+        self._saving.add(handle)
+        self._wake.set()
 
     async def _run(self, handle: str, attempt: Attempt) -> None:
         try:
@@ -291,6 +314,7 @@ class StreamWorker(Worker):
             self.limits.finished(attempt.message.task_type)
             self.tasks.pop(handle, None)
             self._held.pop(handle, None)
+            self._saving.discard(handle)
             self._wake.set()
 
     # --- upkeep --------------------------------------------------------------------------------------
