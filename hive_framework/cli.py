@@ -454,8 +454,11 @@ def dead(state: CliState, limit: int, records: bool, as_json: bool) -> None:
         if not rows:
             click.echo("no quarantined records")
         for row in rows:
-            at = datetime.fromtimestamp(float(row.get("at", 0)), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-            click.echo(f"{at}  {row.get('record', '?')}  {row.get('size', 0)} bytes  {row.get('reason', '')}")
+            try:
+                at = datetime.fromtimestamp(float(row["at"]), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            except (OverflowError, ValueError, OSError):  # a planted entry's time past what a date can say
+                at = "????-??-?? ??:??:?? UTC"
+            click.echo(f"{at}  {row['record']}  {row['size']} bytes  {row['reason']}")
         return
     if as_json:
         echo_json([wire.to_plain(m) for m in rows])

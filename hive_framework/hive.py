@@ -117,7 +117,9 @@ class Hive:
         Like ``asyncio.gather``: the first failed item raises :class:`TaskFailed`, unless
         ``return_exceptions`` puts a :class:`TaskFailed` in its place. Dict items are payloads as they are;
         other items arrive as ``{"item": item}``. ``chunk_size`` batches small items into fewer tasks.
-        Items unfinished after ``timeout`` seconds raise :class:`WaitTimeout` (their tasks go on).
+        Items unfinished after ``timeout`` seconds raise :class:`WaitTimeout` (their tasks go on). ``options``
+        apply to every item's task: ``priority``, ``requirements``... and ``delay=`` / ``eta=`` as for
+        :meth:`submit` (every item scheduled for the same moment; ``timeout`` counts the wait too).
         """
         job = MapJob(self.broker, task_type, list(items), chunk_size=chunk_size, **options)
         await job.submit()

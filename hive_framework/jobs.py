@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -62,6 +63,8 @@ class MapJob:
         requirements: dict[str, Any] | None = None,
         wait_timeout: float | None = None,
         allow_unknown: bool = False,
+        delay: float | str | None = None,
+        eta: datetime | str | None = None,
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -76,6 +79,9 @@ class MapJob:
         self.requirements = requirements
         self.wait_timeout = wait_timeout
         self.allow_unknown = allow_unknown
+        #: When the items may start, as :meth:`MessageBroker.enqueue_task` takes them (``None``: at once).
+        self.delay = delay
+        self.eta = eta
         self.job_id = uuid.uuid4().hex
         self.task_ids: list[str] = []
         self._indexes: dict[str, list[int]] = {}
@@ -83,8 +89,13 @@ class MapJob:
         self.started = 0.0
 
     async def submit(self) -> list[str]:
+        """Enqueue the items' tasks in one batch (all or none) and record the job; the task ids, in order."""
         from .broker import TaskSpec
+        from .broker.specs import due_time
 
+        # One due time for every item, checked before anything is stored: a delay counts from now, not from
+        # when each item's spec happens to be built.
+        eta = due_time(self.delay, self.eta)
         payloads = [item_payload(item, self.description) for item in self.items]
         specs = []
         size = self.chunk_size
@@ -106,6 +117,7 @@ class MapJob:
                     allow_unknown=self.allow_unknown,
                     job_id=self.job_id,
                     chunk=chunk,
+                    eta=eta,
                 )
             )
         self.started = time.monotonic()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar, cast
+
+from redis.exceptions import WatchError
 
 T = TypeVar("T")
 
@@ -45,3 +47,18 @@ def raise_if_cancelling() -> None:
     current = asyncio.current_task()
     if current is not None and current.cancelling():
         raise asyncio.CancelledError
+
+
+async def start_over_on_watch_error(transaction: Callable[[], Awaitable[T]]) -> T:
+    """Run a WATCH ... EXEC ``transaction`` (a fresh pipeline each call) until one pass stands.
+
+    redis-py raises WatchError both when EXEC is refused (a watched key changed) and when the connection dies
+    while watching, from any command after WATCH: either way the pass decided on a read that no longer counts,
+    so the transaction reads again and decides again. A Redis still away fails the next WATCH with a
+    ConnectionError, which propagates (the caller's outage handling), so this does not spin.
+    """
+    while True:
+        try:
+            return await transaction()
+        except WatchError:
+            continue

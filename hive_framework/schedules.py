@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -29,6 +28,7 @@ import attrs
 from cronsim import CronSim, CronSimError
 
 from . import wire
+from .durations import parse_duration
 from .errors import ConfigError, HiveError, InvalidTask
 from .redisutil import raise_if_cancelling, text
 
@@ -46,9 +46,6 @@ class Broker(Protocol):
 
 logger = logging.getLogger(__name__)
 
-_EVERY_RE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(s|sec|seconds?|m|min|minutes?|h|hours?|d|days?)?\s*$", re.I)
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
 #: Claims a tick: refused (-1) unless ARGV[3] holds the leader lease; 2 records a first sighting (no run);
 #: 0 when the tick is not newer than the last claimed; 1 when it is now claimed and must be enqueued.
 _CLAIM = """
@@ -59,29 +56,6 @@ if tonumber(last) >= tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
-
-
-def parse_duration(value: str | float | int, *, minimum: float = 0.0, what: str = "duration") -> float:
-    """Seconds in a duration such as ``30s``, ``5m``, ``1.5h``, ``1d`` or a bare number of seconds;
-    ValueError (naming ``what``) for anything else or for less than ``minimum`` seconds."""
-    hint = f"bad {what} {value!r}: use a number of seconds or text such as '30s', '5m' or '1h'"
-    if isinstance(value, bool):
-        raise ValueError(hint)
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = _EVERY_RE.fullmatch(value) if isinstance(value, str) else None
-        if match is None:
-            raise ValueError(hint)
-        seconds = float(match[1]) * _UNIT_SECONDS[(match[2] or "s")[0].lower()]
-    if not math.isfinite(seconds):
-        raise ValueError(hint)
-    if seconds < minimum:
-        if minimum == 0:
-            raise ValueError(f"bad {what} {value!r}: it must not be negative")
-        least = "one second" if minimum == 1 else f"{minimum:g} seconds"
-        raise ValueError(f"bad {what} {value!r}: it must be at least {least}")
-    return seconds
 
 
 def parse_every(value: str | float | int) -> float:

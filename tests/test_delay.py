@@ -19,9 +19,9 @@ from hive_framework import HiveConfig, Kernel, TaskSpec, TaskStatus
 from hive_framework.backlog import read_backlog
 from hive_framework.broker.specs import due_time
 from hive_framework.cli import cli
+from hive_framework.durations import parse_duration
 from hive_framework.errors import InvalidTask
 from hive_framework.hive import Hive
-from hive_framework.schedules import parse_duration
 from hive_framework.testing import async_wait_until
 
 from .integration_helpers import BASIC, open_gate, order_list, wait_for_nodes, wait_for_order_length

@@ -7,13 +7,14 @@ engine-neutral :class:`AttemptRunner`, as a spore's worker drives them.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
 from redis.exceptions import WatchError
 
 from hive_framework import Kernel, TaskMessage, TaskStatus
-from hive_framework.broker import AttemptRunner, Delivery
+from hive_framework.broker import AttemptRunner, Delivery, Fence
 from hive_framework.broker.engine import Attempt
 
 from .integration_helpers import BASIC
@@ -181,3 +182,47 @@ async def test_a_connection_lost_while_watching_starts_the_save_over(hive, monke
     assert failed == ["exists"]
     stored = await hive.status(task_id)
     assert (stored.status, stored.result) == (TaskStatus.COMPLETED, "from a")
+
+
+async def test_a_fenced_save_is_logged_once_when_its_transaction_starts_over(hive, monkeypatch, caplog):
+    # Given the arq engine, a save whose fence no longer holds (the record shows another attempt) batched with
+    # one that saves, and a watched key touched between the check and EXEC on the first pass
+    if hive.broker.config.broker != "arq":
+        pytest.skip("the streams engine saves in one Lua call, with nothing watched")
+    stale_id = await hive.submit("echo", {"x": 1})
+    other_id = await hive.submit("echo", {"x": 2})
+    stale, other = await hive.status(stale_id), await hive.status(other_id)
+    engine = hive.broker.engine
+    real = engine.redis.pipeline
+    touched: list[str] = []
+
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = real(*args, **kwargs)
+        if not touched:
+            execute = pipe.execute
+
+            async def touch_then_execute(*a: Any, **kw: Any) -> Any:
+                # A write of the same bytes still invalidates the WATCH: EXEC refuses, the save starts over.
+                key = hive.broker.keys.task(stale_id)
+                await hive.broker.redis.set(key, await hive.broker.redis.get(key))
+                touched.append(key)
+                return await execute(*a, **kw)
+
+            pipe.execute = touch_then_execute
+        return pipe
+
+    monkeypatch.setattr(engine.redis, "pipeline", pipeline)
+    lapsed = Fence.running(7, stale.engine_job_id or "", "gone-node")
+    # When both are recorded
+    with caplog.at_level(logging.WARNING, logger="hive_framework.broker.engine"):
+        outcomes = await engine.record([(stale, "unknown", lapsed), (other, "unknown", None)])
+    monkeypatch.undo()
+
+    # Then the transaction started over, the fenced save was refused and the other saved
+    assert len(touched) == 1
+    assert outcomes[0] is None and outcomes[1] == []
+    # and the fenced outcome was logged once, not once per pass
+    warnings = [r for r in caplog.records if stale_id in r.getMessage() and "is not applied" in r.getMessage()]
+    assert len(warnings) == 1
+    await hive.cancel(stale_id)
+    await hive.cancel(other_id)

@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import WatchError
 
 from hive_framework import ForemanAgent, HiveConfig, Kernel, TaskMessage, TaskStatus
 from hive_framework.hive import Hive
@@ -270,4 +273,86 @@ async def test_assign_task_refuses_a_task_a_spore_has_already_taken(hive: Hive) 
         assert (left.queue, left.assigned_node) == (hive.broker.engine.queue_for(0, None, "echo"), None)
     finally:
         await hive.broker.redis.delete(arq_keys(hive).in_progress(message.engine_job_id))
+        await hive.cancel(task_id)
+
+
+def _first_transaction(hive: Hive, monkeypatch: pytest.MonkeyPatch, fault: str, task_id: str) -> list[str]:
+    """Make the broker's next WATCH transaction fail once as redis-py fails it: ``"get"`` loses the connection
+    after WATCH (redis-py raises WatchError from the read, on a ConnectionError), ``"exec"`` rewrites the
+    watched task record with its own bytes before EXEC (which refuses). Returns the faults that fired."""
+    redis = hive.broker.redis
+    real = redis.pipeline
+    fired: list[str] = []
+
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = real(*args, **kwargs)
+        if fired:
+            return pipe
+        if fault == "get":
+            async def get(*a: Any, **kw: Any) -> Any:
+                fired.append("get")
+                try:
+                    raise RedisConnectionError("Connection closed by server.")
+                except RedisConnectionError as exc:
+                    raise WatchError("A ConnectionError occurred on while watching one or more keys") from exc
+            pipe.get = get
+        else:
+            execute = pipe.execute
+
+            async def touch_then_execute(*a: Any, **kw: Any) -> Any:
+                key = hive.broker.keys.task(task_id)  # the same bytes: still a write, so EXEC refuses
+                await redis.set(key, await redis.get(key))
+                fired.append("exec")
+                return await execute(*a, **kw)
+            pipe.execute = touch_then_execute
+        return pipe
+
+    monkeypatch.setattr(redis, "pipeline", pipeline)
+    return fired
+
+
+@pytest.mark.parametrize("fault", ["get", "exec"])
+async def test_a_zombie_requeue_whose_transaction_fails_once_starts_over(
+    hive: Hive, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    # Given a zombie, and a first transaction that loses its connection while watching or that EXEC refuses
+    (task_id,) = await make_zombies(hive, 1)
+    (zombie,) = await hive.broker.detect_zombie_tasks()
+    try:
+        fired = _first_transaction(hive, monkeypatch, fault, task_id)
+        # When it is requeued
+        outcome = await hive.broker.requeue_zombie(zombie, "test")
+        monkeypatch.undo()
+        # Then the compare-and-set started over on a fresh read and applied: pending again, once
+        assert fired == [fault]
+        assert outcome == "pending"
+        after = await hive.status(task_id)
+        assert after.status == TaskStatus.PENDING and after.engine_job_id != zombie.engine_job_id
+        assert await hive.broker.detect_zombie_tasks() == []
+    finally:
+        monkeypatch.undo()
+        await drop_jobs(hive, [task_id])
+        await hive.cancel(task_id)
+
+
+@pytest.mark.parametrize("fault", ["get", "exec"])
+async def test_an_assignment_whose_transaction_fails_once_starts_over(
+    hive: Hive, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    # Given a queued task, and a first transaction that loses its connection while watching or that EXEC refuses
+    task_id = await hive.submit("echo", {})
+    try:
+        fired = _first_transaction(hive, monkeypatch, fault, task_id)
+        # When it is assigned to a node
+        moved = await hive.broker.assign_to_node(task_id, "elsewhere")
+        monkeypatch.undo()
+        # Then the compare-and-set started over on a fresh read and moved it
+        assert fired == [fault]
+        assert moved is True
+        after = await hive.status(task_id)
+        assert (after.status, after.assigned_node, after.queue) == (
+            TaskStatus.PENDING, "elsewhere", hive.broker.keys.node_queue("elsewhere")
+        )
+    finally:
+        monkeypatch.undo()
         await hive.cancel(task_id)

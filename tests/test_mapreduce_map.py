@@ -3,12 +3,16 @@ processes, each item reported exactly once."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from hive_framework import Kernel, TaskFailed, TaskStatus, WaitTimeout
+from hive_framework.errors import InvalidTask
 from hive_framework.jobs import MapJob
+from hive_framework.testing import async_wait_until
 
 from .integration_helpers import BASIC, wait_for_nodes
 
@@ -78,6 +82,43 @@ async def test_chunk_size_gives_the_same_results_with_fewer_tasks(hive, run_spor
     # and far fewer tasks ran: ceil(10/4) + ceil(5/4) instead of 10 + 5
     assert single_tasks == 15
     assert chunked_tasks == 3 + 2
+
+
+async def test_map_with_a_delay_schedules_every_item_for_one_moment_then_runs_them(hive, run_spore):
+    # Given a spore, and items mapped with a delay
+    await run_spore(name="later", concurrency=4)
+    items = [{"value": i, "seconds": 0} for i in range(4)]
+    before = datetime.now(UTC)
+    mapping = asyncio.create_task(hive.map("mr_item", items, timeout=30, delay=1.0))
+    scheduled = hive.broker.keys.status_index(TaskStatus.SCHEDULED)
+
+    # Then every item's task is stored at once as scheduled, all due at one moment a delay from now
+    async def all_scheduled() -> list[str]:
+        ids = [i.decode() for i in await hive.broker.redis.zrange(scheduled, 0, -1)]
+        return ids if len(ids) == len(items) else []
+
+    ids = await async_wait_until(all_scheduled, timeout=10, what="the items' tasks to be scheduled")
+    waiting = await hive.broker.get_tasks(ids)
+    assert all(m.status == TaskStatus.SCHEDULED for m in waiting)
+    (eta,) = {m.eta for m in waiting}
+    assert eta is not None and before + timedelta(seconds=1) <= eta <= datetime.now(UTC) + timedelta(seconds=1)
+
+    # and when they are due they run, each once, no sooner, and map returns their results in order
+    assert await mapping == [0, 1, 2, 3]
+    for done in await hive.broker.get_tasks(ids):
+        assert done.status == TaskStatus.COMPLETED and done.attempt == 1
+        assert done.started_at is not None and done.started_at >= eta
+
+
+async def test_map_with_a_bad_delay_or_eta_refuses_by_name_and_stores_nothing(hive):
+    # When items are mapped with a negative delay, both delay and eta, or an eta without a time zone
+    for bad in ({"delay": -1}, {"delay": 1, "eta": datetime.now(UTC)}, {"eta": datetime(2030, 1, 1)}):
+        with pytest.raises(InvalidTask, match=r"delay|eta"):
+            await hive.map("mr_item", [{"value": 1}], timeout=1, **bad)
+    # Then no task was stored
+    assert await finished_tasks(hive) == 0
+    stats = await hive.queue_stats()
+    assert (stats["tasks_scheduled"], stats["tasks_pending"]) == (0, 0)
 
 
 async def test_map_timeout_raises_wait_timeout_naming_the_unfinished_items(hive):

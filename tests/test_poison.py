@@ -173,3 +173,52 @@ def test_hive_dead_points_at_quarantined_records_and_lists_them(hive_config, tmp
     assert "not valid JSON" in row["reason"]
     table = CliRunner().invoke(cli, ["dead", "--records"], env=env)
     assert ":task:bad-cli  9 bytes" in table.stdout
+
+
+def test_dead_records_entries_that_are_not_json_objects_show_as_unreadable(hive_config, tmp_path, monkeypatch):
+    # Given a real quarantined record, and beside it entries written straight into the dead-records hash
+    # that are not what quarantine() writes: a JSON list, a number, invalid JSON, an object with a bad time
+    planted = {
+        "planted-list": b"[1, 2]",
+        "planted-number": b"42",
+        "planted-junk": b"\xff{not json",
+        "planted-far-future": json.dumps(
+            {"record": "planted-far-future", "reason": "r", "size": 1, "at": 1e300}).encode(),
+    }
+
+    async def plant_and_list() -> list[dict]:
+        hive = await Hive(Kernel(hive_config, apps=[BASIC])).open()
+        try:
+            redis, keys = hive.broker.redis, hive.broker.keys
+            await redis.set(keys.task("bad-real"), b"{not json")
+            assert await hive.status("bad-real") is None
+            for n, (name, raw) in enumerate(planted.items()):
+                await redis.hset(keys.dead_records, name, raw)
+                await redis.zadd(keys.dead_records_index, {name: 1_000_000 + n})
+            return await dead_records(redis, keys)
+        finally:
+            await hive.close()
+
+    # When they are read, then every entry is a row with the common fields; the foreign ones marked unreadable
+    rows = {r["record"]: r for r in asyncio.run(plant_and_list())}
+    assert len(rows) == 5
+    for name in ("planted-list", "planted-number", "planted-junk"):
+        assert rows[name]["unreadable"] is True
+        assert "unreadable dead-records entry" in rows[name]["reason"]
+        assert base64.b64decode(rows[name]["raw_base64"]) == planted[name]
+    assert "JSON list" in rows["planted-list"]["reason"]
+    assert "not valid JSON" in rows["planted-junk"]["reason"]
+    real = next(r for name, r in rows.items() if name.endswith(":task:bad-real"))
+    assert "unreadable" not in real
+
+    # and the CLI lists them all, as a table and as JSON, without crashing
+    monkeypatch.chdir(tmp_path)  # the CLI reads ./.env and ./hive.toml
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith(("HIVE_", "REDIS_"))}
+    env.update(hive_config.to_env())
+    table = CliRunner().invoke(cli, ["dead", "--records"], env=env)
+    assert table.exit_code == 0, table.output
+    assert "planted-list  6 bytes  unreadable dead-records entry" in table.stdout
+    assert "????-??-?? ??:??:?? UTC  planted-far-future" in table.stdout and ":task:bad-real  9 bytes" in table.stdout
+    listed = CliRunner().invoke(cli, ["dead", "--records", "--json"], env=env)
+    assert listed.exit_code == 0, listed.output
+    assert len(json.loads(listed.stdout)) == 5

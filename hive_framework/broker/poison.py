@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..redisutil import awaited
+from ..redisutil import awaited, text
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -85,18 +85,47 @@ async def quarantine(
     return new
 
 
+def _unreadable(name: Any, raw: Any, at: float, why: str) -> dict[str, Any]:
+    """A row standing in for a dead-records entry that is not one :func:`entry` wrote (something else wrote
+    into the hash): shown as unreadable, with its raw bytes, rather than dropped or crashing the reader."""
+    data = _bytes(raw)
+    return {
+        "record": text(name),
+        "reason": f"unreadable dead-records entry: {why}",
+        "size": len(data),
+        "raw_base64": base64.b64encode(data[:RAW_CAP]).decode(),
+        "truncated": len(data) > RAW_CAP,
+        "at": at,
+        "unreadable": True,
+    }
+
+
+def _row(name: Any, raw: Any, at: float) -> dict[str, Any]:
+    """One dead-records entry as a row with the fields every reader uses (record, reason, size, at), whatever
+    the hash holds: the entry itself is poison-proof like every other read of Redis."""
+    try:
+        row = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError; deep nesting recurses
+        return _unreadable(name, raw, at, f"not valid JSON ({type(exc).__name__})")
+    if not isinstance(row, dict):
+        return _unreadable(name, raw, at, f"a JSON {type(row).__name__}, not an object")
+    if not isinstance(row.get("at"), int | float) or isinstance(row.get("at"), bool):
+        row["at"] = at  # the index's score: when it was quarantined
+    if not isinstance(row.get("record"), str):
+        row["record"] = text(name)
+    if not isinstance(row.get("size"), int) or isinstance(row.get("size"), bool):
+        row["size"] = 0
+    if not isinstance(row.get("reason"), str):
+        row["reason"] = ""
+    return row
+
+
 async def dead_records(redis: Redis, keys: Keys, limit: int = 100) -> list[dict[str, Any]]:
-    """The quarantined records, newest first."""
-    names = await redis.zrevrange(keys.dead_records_index, 0, limit - 1)
-    if not names:
+    """The quarantined records, newest first. An entry that is not one this module wrote (not JSON, not a JSON
+    object: written straight into Redis) comes back as a row marked ``"unreadable": True``, never an error."""
+    scored = await redis.zrevrange(keys.dead_records_index, 0, limit - 1, withscores=True)
+    if not scored:
         return []
+    names = [name for name, _ in scored]
     raws = await awaited(redis.hmget(keys.dead_records, names))
-    out = []
-    for raw in raws:
-        if raw is None:
-            continue
-        try:
-            out.append(json.loads(raw))
-        except ValueError:
-            continue
-    return out
+    return [_row(name, raw, float(at)) for (name, at), raw in zip(scored, raws, strict=True) if raw is not None]

@@ -8,14 +8,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
-
-from redis.exceptions import WatchError
 
 from .. import wire
 from ..errors import InvalidTask, WireError
 from ..models import NodeInfo, TaskMessage, TaskStatus, utcnow
-from ..redisutil import awaited, glob_escape, text, texts
+from ..redisutil import awaited, glob_escape, start_over_on_watch_error, text, texts
 from .placement import is_unserved, unserved_key
 
 if TYPE_CHECKING:
@@ -60,8 +59,20 @@ class RecoveryMixin:
         The change is a compare-and-set on the task key: it applies only if the task is still running
         on the same node under the same engine job. Returns the new status, or ``None`` if nothing changed.
         """
-        key = self.keys.task(zombie.task_id)
         nodes = await self.get_nodes() if zombie.requirements else []
+        current = await start_over_on_watch_error(lambda: self._requeue_zombie_once(zombie, reason, nodes))
+        if current is None:
+            return None
+        if current.is_terminal:
+            await self.release_dependents(current)
+        return current.status.value
+
+    async def _requeue_zombie_once(
+        self, zombie: TaskMessage, reason: str, nodes: list[NodeInfo]
+    ) -> TaskMessage | None:
+        """One pass of :meth:`requeue_zombie`'s compare-and-set: the record as changed, or ``None`` when it is
+        no longer that zombie. WatchError (the record changed, or the connection died) means: run it again."""
+        key = self.keys.task(zombie.task_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             await pipe.watch(key)
             raw = await pipe.get(key)
@@ -90,13 +101,8 @@ class RecoveryMixin:
                 current.started_at = None
                 self._place(current, nodes)
                 self._dispatch_ops(pipe, current)
-            try:
-                await pipe.execute()
-            except WatchError:
-                return None
-        if current.is_terminal:
-            await self.release_dependents(current)
-        return current.status.value
+            await pipe.execute()
+        return current
 
     async def assign_to_node(
         self, task_id: str, node_id: str, *, requirements: dict[str, Any] | None = None
@@ -105,6 +111,11 @@ class RecoveryMixin:
 
         A compare-and-set on the task: ``False`` when a spore started (or took) it meanwhile.
         """
+        return await start_over_on_watch_error(lambda: self._assign_to_node_once(task_id, node_id, requirements))
+
+    async def _assign_to_node_once(self, task_id: str, node_id: str, requirements: dict[str, Any] | None) -> bool:
+        """One pass of :meth:`assign_to_node`'s compare-and-set. WatchError (the record or the job's lease
+        changed, or the connection died) means: run it again, on a fresh read."""
         key = self.keys.task(task_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             await pipe.watch(key)
@@ -134,10 +145,7 @@ class RecoveryMixin:
             message.status = TaskStatus.PENDING
             self._queue_ops(pipe, message, previous)
             pipe.zrem(self.keys.unrouted, task_id)
-            try:
-                await pipe.execute()
-            except WatchError:
-                return False
+            await pipe.execute()
         return True
 
     async def _expire_unserved(self, nodes: list[NodeInfo], now: float) -> int:
@@ -154,37 +162,42 @@ class RecoveryMixin:
                 continue
             if message.task_type in served or message.wait_timeout is None or now - since <= message.wait_timeout:
                 continue
-            async with self.redis.pipeline(transaction=True) as pipe:
-                await pipe.watch(self.keys.task(task_id))
-                raw = await pipe.get(self.keys.task(task_id))
-                try:
-                    current = None if raw is None else wire.loads(raw, TaskMessage)
-                except WireError as exc:
-                    await pipe.reset()
-                    await self.quarantine_task(task_id, raw, str(exc))
-                    continue
-                if current is None or current.engine_job_id != message.engine_job_id or not is_unserved(current):
-                    continue
-                if await self.engine.watch_taken(pipe, current):
-                    continue
-                pipe.multi()
-                self.engine.drop_ops(pipe, current)
-                previous = current.status
-                current.status = TaskStatus.FAILED
-                current.completed_at = utcnow()
-                current.error = (
-                    f"WaitTimeout: no online spore served `{current.task_type}` within {current.wait_timeout:g}s"
-                )
-                current.engine_job_id = f"{task_id}.w{uuid.uuid4().hex[:8]}"
-                self._status_ops(pipe, current, previous)
-                pipe.zrem(key, task_id)
-                try:
-                    await pipe.execute()
-                except WatchError:
-                    continue
+            current = await start_over_on_watch_error(partial(self._expire_one, task_id, message.engine_job_id, key))
+            if current is None:
+                continue
             failed += 1
             await self.release_dependents(current)
         return failed
+
+    async def _expire_one(self, task_id: str, job: str | None, key: str) -> TaskMessage | None:
+        """Fail one task that waited too long for a spore of its type, if its record still shows that wait
+        under ``job``: the failed record, or ``None`` when it moved on. WatchError means: run it again."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(self.keys.task(task_id))
+            raw = await pipe.get(self.keys.task(task_id))
+            try:
+                current = None if raw is None else wire.loads(raw, TaskMessage)
+            except WireError as exc:
+                await pipe.reset()
+                await self.quarantine_task(task_id, raw, str(exc))
+                return None
+            if current is None or current.engine_job_id != job or not is_unserved(current):
+                return None
+            if await self.engine.watch_taken(pipe, current):
+                return None
+            pipe.multi()
+            self.engine.drop_ops(pipe, current)
+            previous = current.status
+            current.status = TaskStatus.FAILED
+            current.completed_at = utcnow()
+            current.error = (
+                f"WaitTimeout: no online spore served `{current.task_type}` within {current.wait_timeout:g}s"
+            )
+            current.engine_job_id = f"{task_id}.w{uuid.uuid4().hex[:8]}"
+            self._status_ops(pipe, current, previous)
+            pipe.zrem(key, task_id)
+            await pipe.execute()
+        return current
 
     async def reroute_stranded(self, *, now: float | None = None) -> dict[str, int]:
         """Give parked tasks a node that now fits (or fail them past their timeout), and move tasks queued

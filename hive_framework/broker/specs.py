@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .. import wire
+from ..durations import parse_duration
 from ..errors import InvalidTask, UnknownTaskType, WireError
 from ..models import TaskMessage, utcnow
 from ..policies import parse_priority
-from ..schedules import parse_duration
 from ..tasks import TASK_NAME_RE
 
 if TYPE_CHECKING:

@@ -131,16 +131,23 @@ class ArqEngine(Engine):
         watched += [self.keys.task(m.task_id) for (m, _, _), f in zip(items, fences, strict=True) if f is not None]
         while True:
             try:
-                return await self._record_watched(items, fences, watched)
+                outcomes, fenced_out = await self._record_watched(items, fences, watched)
             except WatchError:
                 # A watched key changed, or the connection died while watching (a pooled connection left over
                 # from before a Redis restart): redis-py says start the transaction over. A Redis still away
                 # then fails the next WATCH with a ConnectionError, which the caller handles as an outage.
                 continue
+            # Logged once the decision is final: a pass that started over decided nothing.
+            for message in fenced_out:
+                fenced(message)
+            return outcomes
 
     async def _record_watched(
         self, items: Sequence[tuple[TaskMessage, Previous, Guard]], fences: list[Fence | None], watched: list[str]
-    ) -> list[list[str] | None]:
+    ) -> tuple[list[list[str] | None], list[TaskMessage]]:
+        """One pass of :meth:`record`: the outcomes, and the items not saved because their fence no longer held
+        (logged by the caller only if this pass is the one that stands)."""
+        fenced_out: list[TaskMessage] = []
         async with self.redis.pipeline(transaction=True) as pipe:
             await pipe.watch(*watched)
             refused: list[bool] = []
@@ -148,7 +155,7 @@ class ArqEngine(Engine):
                 gone = bool(await pipe.exists(self.keys.cancelled(message.task_id)))
                 stored = await pipe.get(self.keys.task(message.task_id)) if fence is not None and not gone else None
                 if fence is not None and not gone and not fence.holds(stored):
-                    fenced(message)
+                    fenced_out.append(message)
                     gone = True
                 refused.append(gone)
             pipe.multi()
@@ -164,10 +171,11 @@ class ArqEngine(Engine):
                 position += len(commands) + 1
                 ends.append(position)
             replies = await pipe.execute() if position >= 0 else []
-        return [
+        outcomes = [
             None if end < 0 else (texts(replies[end]) if message.is_terminal else [])
             for (message, _, _), end in zip(items, ends, strict=True)
         ]
+        return outcomes, fenced_out
 
     async def settle(self, deliveries: Sequence[Delivery]) -> None:
         """Nothing: ARQ finishes its own jobs when the job function returns."""

@@ -87,6 +87,8 @@ class SubmitResult(TypedDict):
     task_id: str
     task_type: str
     status: str
+    #: When a delayed task is due (ISO 8601, UTC); absent for one queued at once.
+    eta: NotRequired[str]
 
 
 class CancelResult(TypedDict):
@@ -230,17 +232,21 @@ class HiveTools:
 
     async def submit(
         self, task_type: str, payload: dict[str, Any], priority: int | str | None, timeout: float | None,
-        max_retries: int | None,
+        max_retries: int | None, delay: float | None = None, eta: str | None = None,
     ) -> SubmitResult:
+        """Enqueue one task, checked as the core checks it (a bad or double delay/eta is refused by name)."""
         try:
             check_payloads(self.kernel, task_type, [payload])
             task_id = await self.broker.enqueue_task(task_type, payload, priority, timeout=timeout,
-                                                     max_retries=max_retries)
+                                                     max_retries=max_retries, delay=delay, eta=eta)
             message = await self.broker.get_task_status(task_id)
         except (HiveError, ValueError) as exc:
             raise ToolError(seed_error(exc)) from None
         status = message.status.value if message is not None else TaskStatus.PENDING.value
-        return {"task_id": task_id, "task_type": task_type, "status": status}
+        answer: SubmitResult = {"task_id": task_id, "task_type": task_type, "status": status}
+        if message is not None and message.eta is not None and message.status == TaskStatus.SCHEDULED:
+            answer["eta"] = message.eta.isoformat()
+        return answer
 
     async def task(self, task_id: str) -> dict[str, Any]:
         message = await self.broker.get_task_status(task_id)
@@ -402,9 +408,15 @@ def build_server(kernel: Kernel, settings: McpSettings, caller: Callable[[Any], 
         priority: Annotated[int | str | None, Field(description="Priority; default: the task type's.")] = None,
         timeout: Annotated[float | None, Field(gt=0, description="Task timeout in seconds.")] = None,
         max_retries: Annotated[int | None, Field(ge=0, description="Retries after a failed attempt.")] = None,
+        delay: Annotated[float | None, Field(ge=0, description="Run no sooner than this many seconds from now "
+                                             "(stored at once as scheduled). Not with eta.")] = None,
+        eta: Annotated[str | None, Field(description="Run no sooner than this moment: ISO 8601 with its time "
+                                         "zone, such as 2030-01-31T09:00:00+01:00 (a past one runs at once). "
+                                         "Not with delay.", json_schema_extra={"format": "date-time"})] = None,
     ) -> SubmitResult:
-        """Enqueue one task and answer its id at once (follow it with task_status or wait)."""
-        return await hive.submit(task_type, payload, priority, timeout, max_retries)
+        """Enqueue one task and answer its id at once (follow it with task_status or wait); with delay or eta it
+        waits as scheduled until due, and the answer says when (eta)."""
+        return await hive.submit(task_type, payload, priority, timeout, max_retries, delay, eta)
 
     @tool("task_status", read_only)
     async def task_status(task_id: Annotated[str, Field(description="A task id.")]) -> dict[str, Any]:

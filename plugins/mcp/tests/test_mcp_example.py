@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ from hive_framework import Hive
 from mcp_helpers import stdio_session, structured
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+#: The plugin's README, whose worked example quotes this session.
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 async def test_an_agent_session_lists_the_types_and_runs_a_map_reduce(
@@ -44,6 +48,10 @@ async def test_an_agent_session_lists_the_types_and_runs_a_map_reduce(
     assert report["reduced"] == 9 + 1 + 16 + 1 + 25 and report["summary"]["success_rate"] == 1.0
     assert len(transcript[2]["progress"]) == 6 and transcript[2]["progress"][-1].startswith("5/5 ")
     assert cluster["online_nodes"] == 2 and cluster["queues"]["tasks_completed"] == 5
+    # the README's quoted cluster_status names every queue count the real answer has, no more
+    readme = await anyio.Path(README).read_text(encoding="utf-8")
+    quoted = readme[readme.index('"queues": {'):]
+    assert sorted(re.findall(r'"(\w+)":', quoted[len('"queues": {'):quoted.index("}")])) == sorted(cluster["queues"])
     target = os.environ.get("MCP_RECORD_SESSION")
     if target:
         await anyio.Path(target).write_text(json.dumps(transcript, indent=2) + "\n", encoding="utf-8")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,46 @@ async def test_submit_wait_status_cancel_and_the_task_resource(
         assert cluster["queues"]["tasks_completed"] == 1 and cluster["queues"]["tasks_cancelled"] == 1
         resource = await client.read_resource("hive://cluster/status")
         assert json.loads(resource.contents[0].text)["online_nodes"] == 1
+
+
+async def test_submit_with_a_delay_or_an_eta_waits_scheduled_then_runs(
+    hive: Hive, spores: Any, mcp_env: dict[str, str], tmp_path: Path
+) -> None:
+    await spores(1)
+    async with stdio_session(mcp_env, tmp_path / "mcp.log") as client:
+        # the tool declares both: delay as seconds >= 0, eta as a date-time
+        (tool,) = [t for t in (await client.list_tools()).tools if t.name == "submit"]
+        properties = tool.input_schema["properties"]
+        assert any(branch.get("minimum") == 0 for branch in properties["delay"]["anyOf"])
+        assert properties["eta"]["format"] == "date-time"
+
+        # bad values are refused by name, and nothing is enqueued
+        soon = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+        both = error_json(await client.call_tool("submit", {"task_type": "square", "payload": {"item": 2},
+                                                            "delay": 1, "eta": soon}))
+        assert both["error_type"] == "InvalidTask" and "give delay or eta, not both" in both["error"]
+        naive = error_json(await client.call_tool("submit", {"task_type": "square", "payload": {"item": 2},
+                                                             "eta": "2030-01-31T09:00:00"}))
+        assert naive["error_type"] == "InvalidTask" and "no time zone" in naive["error"]
+        garbled = error_json(await client.call_tool("submit", {"task_type": "square", "payload": {"item": 2},
+                                                               "eta": "next tuesday"}))
+        assert garbled["error_type"] == "InvalidTask" and "bad eta" in garbled["error"]
+        negative = await client.call_tool("submit", {"task_type": "square", "payload": {"item": 2}, "delay": -1})
+        assert negative.is_error and "delay" in negative.content[0].text  # type: ignore[union-attr]
+        assert sum((await hive.queue_stats()).values()) == 0
+
+        # a delay or an eta stores the task at once as scheduled, says when, and it runs once due, not before
+        for when in ("delay", "eta"):
+            ahead: dict[str, Any] = (
+                {"delay": 1.5} if when == "delay" else {"eta": (datetime.now(UTC) + timedelta(seconds=1.5)).isoformat()}
+            )
+            submitted = structured(await client.call_tool("submit", {"task_type": "square", "payload": {"item": 3},
+                                                                     **ahead}))
+            assert submitted["status"] == "scheduled", submitted
+            eta = datetime.fromisoformat(submitted["eta"])
+            waited = structured(await client.call_tool("wait", {"task_id": submitted["task_id"], "timeout": 30}))
+            assert waited["finished"] is True and waited["task"]["result"] == 9
+            assert datetime.fromisoformat(waited["task"]["started_at"]) >= eta
 
 
 def test_a_bad_mcp_section_stops_the_server_with_the_key_named(
