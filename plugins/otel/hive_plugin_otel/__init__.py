@@ -43,8 +43,7 @@ def before_enqueue(task: TaskMessage, config: HiveConfig) -> None:
 def before_task(task: TaskMessage, node_id: str) -> None:
     """Open this attempt's run span (and the queue-wait span) and make it current for the handler.
 
-    A plain ``def`` on purpose: it runs in the attempt's own asyncio task, so the context it attaches is
-    the one the handler then runs in.
+    It runs in the attempt's own asyncio task, so the context it attaches is the one the handler then runs in.
     """
     attempts.begin(task, node_id)
 
