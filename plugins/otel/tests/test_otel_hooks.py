@@ -195,3 +195,21 @@ async def test_the_table_of_open_attempts_is_capped(spans: InMemorySpanExporter)
     assert outcomes == {"t0": "abandoned", "t1": "abandoned", "t2": "completed", "t3": "completed", "t4": "completed"}
     assert len(table) == 0
 
+
+
+async def test_a_task_enqueued_by_a_handler_is_a_child_of_its_run_span(spans: InMemorySpanExporter) -> None:
+    # Given an attempt running (its run span current), When its handler submits another task
+    hive = kernel()
+    parent, child = message("parent"), message("child", attempt=0)
+
+    async def attempt() -> None:
+        await hive.run_lifecycle("before_task", task=parent, node_id="n")
+        await hive.run_lifecycle("before_enqueue", task=child, config=hive.config)
+        await hive.run_lifecycle("after_task", task=parent, result=None, node_id="n")
+
+    await asyncio.create_task(attempt())
+    # Then the child's enqueue span is a child of the run span: a pipeline of tasks is one trace
+    [run] = named(spans, "hive run resize")
+    [enqueued] = named(spans, "hive enqueue resize")
+    assert enqueued.parent is not None and enqueued.parent.span_id == run.context.span_id
+    assert f"00-{run.context.trace_id:032x}-{enqueued.context.span_id:016x}-" in child.headers["traceparent"]

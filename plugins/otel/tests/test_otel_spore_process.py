@@ -10,6 +10,8 @@ from hive_framework import Hive, TaskFailed
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from hive_plugin_otel.spans import to_ns
+
 from otel_helpers import of_task, wait_for_spans
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -73,8 +75,9 @@ async def test_the_run_continues_the_enqueuing_trace_and_handlers_nest_under_it(
         # and the queue wait is a child of the enqueue span, from the enqueue to the start of the run
         [wait] = of_task(written, task_id, f"hive queue wait {task_type}")
         assert (wait["trace_id"], wait["parent_id"]) == (trace_id, enqueue_id)
-        assert wait["start"] >= enqueued.start_time // 1000 * 1000 - 1_000_000  # the hosts share a clock here
-        assert wait["start"] <= wait["end"] <= run["start"]
+        assert stored.started_at is not None
+        assert (wait["start"], wait["end"]) == (to_ns(stored.created_at), to_ns(stored.started_at))
+        assert wait["start"] <= enqueued.start_time and wait["end"] <= run["start"]
 
         # and the handler's own span (async handler and sync one in its worker thread) nests under the run span
         [mine] = [x for x in written if x["name"] == work]
