@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from typing import Any
 
@@ -136,6 +137,22 @@ async def test_run_handler_passes_context_only_to_handlers_that_ask() -> None:
     assert await run_handler(asks, {}, ctx) == "asks"
     assert seen == [ctx]
     assert await run_handler(does_not_ask, {"n": 1}, ctx) == "plain 1"
+
+
+async def test_a_sync_handler_sees_the_context_variables_of_the_attempt() -> None:
+    # Given a context variable set in the attempt's asyncio task (as a before_task hook sets a trace span)
+    current: contextvars.ContextVar[str] = contextvars.ContextVar("current", default="unset")
+    current.set("set by before_task")
+
+    @task("reads_it")
+    def reads_it(payload: dict[str, Any]) -> str:
+        seen = current.get()
+        current.set("changed by the handler")
+        return seen
+
+    # When a sync handler runs (in a worker thread), Then it sees the value, and its own changes stay its own
+    assert await run_handler(reads_it, {}, context()) == "set by before_task"
+    assert current.get() == "set by before_task"
 
 
 async def test_a_blocking_sync_handler_does_not_block_the_event_loop() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 from collections.abc import Awaitable
 from typing import Any
@@ -22,14 +23,18 @@ def execute(task: TaskMessage, context: TaskContext) -> Awaitable[Any] | None:
 
 
 async def run_handler(task_type: TaskType, payload: dict[str, Any], context: TaskContext) -> Any:
-    """Call a handler: async ones directly, sync ones in a worker thread so the spore stays responsive."""
+    """Call a handler: async ones directly, sync ones in a worker thread so the spore stays responsive.
+
+    A sync handler runs in a copy of the attempt's ``contextvars`` (as ``asyncio.to_thread`` does), so what
+    ``before_task`` hooks made current (a trace span, a request id) is current in the handler as well.
+    """
     kwargs = {"context": context} if task_type.wants_context else {}
     if task_type.is_async:
         return await task_type.handler(payload, **kwargs)
     if task_type.isolation == "process":
         return await handler_processes(context).call(task_type.handler, payload)
     executor = getattr(context.spore, "executor", None)
-    call = functools.partial(task_type.handler, payload, **kwargs)
+    call = functools.partial(contextvars.copy_context().run, task_type.handler, payload, **kwargs)
     return await asyncio.get_running_loop().run_in_executor(executor, call)
 
 
