@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .config import non_negative, positive, read_plugin_settings
     from .foreman import ForemanAgent
     from .hive import Hive
-    from .jobs import ItemOutcome, MapJob
+    from .jobs import ItemOutcome, ItemProgress, MapJob
     from .parallel import ParallelSkill
     from .spore import Spore
     from .supervisor import LocalCluster, PrivateNamespace, private_namespace
@@ -49,6 +49,7 @@ __all__ = [
     "InvalidProgress",
     "InvalidTask",
     "ItemOutcome",
+    "ItemProgress",
     "Kernel",
     "LocalCluster",
     "MapJob",
@@ -91,6 +92,7 @@ _LAZY = {
     "Spore": "hive_framework.spore",
     "ParallelSkill": "hive_framework.parallel",
     "ItemOutcome": "hive_framework.jobs",
+    "ItemProgress": "hive_framework.jobs",
     # The SDK for plugin authors: command-line kit, local cluster, map jobs, plugin settings.
     "CliState": "hive_framework.clikit",
     "echo_json": "hive_framework.clikit",

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
 from types import ModuleType
-from typing import Any
+from typing import Any, overload
 
 from .broker import MessageBroker, TaskSpec
 from .config import HiveConfig
 from .errors import InvalidTask, TaskFailed, WaitTimeout
-from .jobs import ItemOutcome, MapJob
+from .jobs import ItemOutcome, ItemProgress, MapJob
 from .kernel import Kernel
 from .models import NodeInfo, TaskMessage, TaskProgress, TaskStatus
 
@@ -141,15 +141,32 @@ class Hive:
             results.append(failure)
         return results
 
+    @overload
+    def map_stream(
+        self, task_type: str, items: Iterable[Any], *, timeout: float | None = None, chunk_size: int = 1,
+        progress: None = None, **options: Any,
+    ) -> AsyncIterator[ItemOutcome]: ...
+
+    @overload
+    def map_stream(
+        self, task_type: str, items: Iterable[Any], *, timeout: float | None = None, chunk_size: int = 1,
+        progress: float, **options: Any,
+    ) -> AsyncIterator[ItemOutcome | ItemProgress]: ...
+
     async def map_stream(
         self, task_type: str, items: Iterable[Any], *, timeout: float | None = None, chunk_size: int = 1,
-        **options: Any,
-    ) -> AsyncIterator[ItemOutcome]:
-        """Yield each item's :class:`ItemOutcome` (index, result or error) once, as soon as it finishes."""
+        progress: float | None = None, **options: Any,
+    ) -> AsyncIterator[ItemOutcome | ItemProgress]:
+        """Yield each item's :class:`ItemOutcome` (index, result or error) once, as soon as it finishes.
+
+        With ``progress=SECONDS`` it also yields an :class:`ItemProgress` whenever an unfinished task's
+        reported progress (``context.progress``) changed, looked up that often.
+        """
         job = MapJob(self.broker, task_type, list(items), chunk_size=chunk_size, **options)
         await job.submit()
-        async for outcome in job.stream(timeout):
-            yield outcome
+        stream = job.stream(timeout) if progress is None else job.stream_with_progress(progress, timeout)
+        async for event in stream:
+            yield event
 
     async def cancel(self, task_id: str) -> bool:
         return await self.broker.cancel_task(task_id)

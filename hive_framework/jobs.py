@@ -5,6 +5,8 @@ Shared by :meth:`Hive.map` / :meth:`Hive.map_stream` and the seed's :class:`Para
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -13,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .models import TaskMessage, TaskStatus
+from . import wire
+from .errors import WireError
+from .models import TaskMessage, TaskProgress, TaskStatus
 
 if TYPE_CHECKING:
     from .broker import MessageBroker
@@ -34,6 +38,16 @@ class ItemOutcome:
     @property
     def ok(self) -> bool:
         return self.status == TaskStatus.COMPLETED.value
+
+
+@attrs.define(kw_only=True)
+class ItemProgress:
+    """The latest progress the handler of an unfinished item reported (``TaskContext.progress``)."""
+
+    task_id: str
+    #: The items the task runs (one, unless the job was chunked).
+    item_indexes: list[int]
+    progress: TaskProgress
 
 
 def item_payload(item: Any, description: str = "") -> dict[str, Any]:
@@ -136,6 +150,66 @@ class MapJob:
                 if outcome.item_index not in self.outcomes:
                     self.outcomes[outcome.item_index] = outcome
                     yield outcome
+
+    async def stream_with_progress(
+        self, every: float, timeout: float | None = None
+    ) -> AsyncIterator[ItemOutcome | ItemProgress]:
+        """:meth:`stream`, and between outcomes an :class:`ItemProgress` for each unfinished task whose
+        reported progress changed, looked up every ``every`` seconds (one MGET for all of them)."""
+        if not every > 0:
+            raise ValueError(f"progress interval must be > 0 seconds, got {every!r}")
+        found: asyncio.Queue[ItemOutcome | None] = asyncio.Queue()
+
+        async def outcomes() -> None:
+            try:
+                async for outcome in self.stream(timeout):
+                    found.put_nowait(outcome)
+            finally:
+                found.put_nowait(None)
+
+        producer = asyncio.create_task(outcomes())
+        seen: dict[str, tuple[float, float, str | None, int]] = {}
+        next_look = time.monotonic() + every
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(max(next_look - time.monotonic(), 0)):
+                        outcome = await found.get()
+                except TimeoutError:
+                    next_look = time.monotonic() + every
+                    for progress in await self._progress_changes(seen):
+                        yield progress
+                    continue
+                if outcome is None:
+                    break
+                yield outcome
+            await producer  # its error, if it failed, is the caller's
+        finally:
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+
+    async def _progress_changes(self, seen: dict[str, tuple[float, float, str | None, int]]) -> list[ItemProgress]:
+        done = {i for i in self.outcomes}
+        running = [t for t, group in self._indexes.items() if not all(i in done for i in group)]
+        if not running:
+            return []
+        keys = self.broker.keys
+        raws = await self.broker.redis.mget([keys.progress(t) for t in running])
+        changes = []
+        for task_id, raw in zip(running, raws, strict=True):
+            if raw is None:
+                continue
+            try:
+                progress = wire.loads(raw, TaskProgress)
+            except WireError:
+                continue  # advisory: a value that does not decode is skipped, as Hive.progress does
+            state = (progress.done, progress.total, progress.note, progress.attempt)
+            if seen.get(task_id) != state:
+                seen[task_id] = state
+                changes.append(ItemProgress(task_id=task_id, item_indexes=list(self._indexes[task_id]),
+                                            progress=progress))
+        return changes
 
     def _outcomes_of(self, message: TaskMessage) -> list[ItemOutcome]:
         indexes = self._indexes[message.task_id]

@@ -155,6 +155,42 @@ async def test_an_outcome_that_overtakes_its_begin_is_saved_and_the_late_begin_d
         assert (score is not None) == (status == TaskStatus.COMPLETED), status
 
 
+async def test_a_begin_that_lands_after_the_handler_returned_saves_the_task_as_begun(hive, monkeypatch):
+    # Given an attempt whose begin reaches Redis only once its handler has returned (the handler changes the
+    # attempt's message: completed, with its result), and whose outcome is saved after the begin landed
+    task_id = await hive.submit("echo", {"x": 1})
+    engine = hive.broker.engine
+    record = engine.record
+    handler_done, begin_landed = asyncio.Event(), asyncio.Event()
+
+    async def ordered(items: Any) -> Any:
+        if items and items[0][0].status == TaskStatus.RUNNING:
+            await handler_done.wait()
+            try:
+                return await record(items)
+            finally:
+                begin_landed.set()
+        await begin_landed.wait()
+        return await record(items)
+
+    async def execute(message: TaskMessage) -> str:
+        handler_done.set()
+        return "done"
+
+    monkeypatch.setattr(engine, "record", ordered)
+    runner = AttemptRunner(hive.broker, node_id="a", node_name="a", concurrency=1, execute=execute)
+    (attempt,) = await runner.begin([await _delivery(hive, task_id)])
+    # When it runs
+    async with asyncio.timeout(20):
+        await runner.run(attempt)
+    # Then the begin saved the task running (not the outcome the handler produced meanwhile), and the outcome
+    # then saved over it
+    assert attempt.begun is not None and await attempt.begun == [[]]
+    assert not attempt.fenced
+    stored = await hive.status(task_id)
+    assert (stored.status, stored.attempt, stored.result) == (TaskStatus.COMPLETED, 1, "done")
+
+
 async def test_a_connection_lost_while_watching_starts_the_save_over(hive, monkeypatch):
     # Given the arq engine, whose saves are WATCHed transactions, and an attempt that began
     if hive.broker.config.broker != "arq":

@@ -6,6 +6,7 @@ a spore process produced; tests/apps/lifecycle_broken.py raises in every hook, a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections import defaultdict
@@ -184,6 +185,39 @@ async def test_progress_is_live_throttled_and_readable_everywhere(hive_config, s
         # and the final record keeps the last value
         final = await hive.status(task_id)
         assert final is not None and final.progress is not None and final.progress.done == 20_000
+
+
+@pytest.mark.redis
+async def test_map_stream_yields_each_items_progress_before_its_outcome(hive_config, spore_processes) -> None:
+    from hive_framework import Hive, ItemOutcome, ItemProgress
+
+    spore_processes("progress-map", apps=(BASIC, LIFECYCLE), concurrency=3)
+    async with Hive(Kernel(hive_config, apps=[BASIC, LIFECYCLE])) as hive:
+        # Given three items whose handlers report five steps each, then hold until their gate opens
+        items = [{"steps": 5, "gate": f"map-{i}"} for i in range(3)]
+        events: list[ItemOutcome | ItemProgress] = []
+        opened: set[int] = set()
+        # When they are streamed with progress looked up every 50 ms
+        async with asyncio.timeout(60):
+            async for event in hive.map_stream("progress_steps", items, progress=0.05):
+                events.append(event)
+                if isinstance(event, ItemProgress) and event.progress.done == 5:
+                    (index,) = event.item_indexes
+                    if index not in opened:  # the item said it is done: let it finish
+                        opened.add(index)
+                        await open_gate(hive, f"map-{index}")
+        # Then each item's last progress (5 of 5) came before its outcome, once, and nothing after it
+        outcomes = [e for e in events if isinstance(e, ItemOutcome)]
+        assert sorted(o.item_index for o in outcomes) == [0, 1, 2] and all(o.ok for o in outcomes)
+        for outcome in outcomes:
+            at = events.index(outcome)
+            progress = [e for e in events if isinstance(e, ItemProgress) and e.item_indexes == [outcome.item_index]]
+            assert progress and (progress[-1].progress.done, progress[-1].progress.total) == (5, 5)
+            assert all(events.index(p) < at for p in progress)
+            assert progress[-1].task_id == outcome.task_id
+        # and a value is yielded only when it changed
+        states = [(e.task_id, e.progress.done, e.progress.note) for e in events if isinstance(e, ItemProgress)]
+        assert len(states) == len(set(states))
 
 
 @pytest.mark.redis

@@ -144,7 +144,10 @@ class AttemptRunner:
         # The attempts run at once, without waiting for their begin to land: each outcome's fence also accepts
         # the record as read, so an outcome that overtakes its begin still saves (and the begin is dropped).
         # A begin the fence refuses means the record moved on: that attempt's outcome is refused as well.
-        saves = self.broker.engine.record([(m, p, f) for (m, _), p, f in zip(runs, previous, as_read, strict=True)])
+        # Copies: the attempt changes its message as it runs, and the begin must save the message as begun.
+        saves = self.broker.engine.record(
+            [(attrs.evolve(m), p, f) for (m, _), p, f in zip(runs, previous, as_read, strict=True)]
+        )
         begun = asyncio.ensure_future(saves)
         self._begins.add(begun)
         begun.add_done_callback(self._begin_landed)
