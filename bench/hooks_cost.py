@@ -53,9 +53,10 @@ async def dispatch_us(kernel: Kernel) -> float:
     return (time.process_time() - started) / DISPATCH_TASKS * 1e6
 
 
-async def drain(url: str, ns: Namespace, config: HiveConfig, n: int, hooked: bool, log_dir: Path,
-                tag: str) -> dict[str, Any]:
-    """Queue n no-ops (untimed), start the spores, and time the drain by polling the counter every 5 ms."""
+async def drain(url: str, ns: Namespace, config: HiveConfig, n: int, apps: list[str], log_dir: Path,
+                tag: str, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Queue n no-ops (untimed), start the spores with ``apps`` besides ``bench.jobs``, and time the drain by
+    polling the counter every 5 ms."""
     redis = AsyncRedis.from_url(url)
     try:
         await redis.delete(ns.counter)
@@ -63,10 +64,11 @@ async def drain(url: str, ns: Namespace, config: HiveConfig, n: int, hooked: boo
             for lo in range(0, n, 1000):
                 await client.submit_many([TaskSpec(task_type="bench.noop", payload={"i": i})
                                           for i in range(lo, min(n, lo + 1000))])
-        apps = ["--app", "bench.jobs", *(["--app", "bench.hooks_trivial"] if hooked else [])]
+        options = [arg for app in ["bench.jobs", *apps] for arg in ("--app", app)]
         argvs = [[sys.executable, "-m", "hive_framework", "spore", "--name", f"bench-hooks-{tag}-{i}",
-                  "--concurrency", str(CONCURRENCY), *apps] for i in range(PROCS)]
-        workers = Workers(f"hooks-{tag}", argvs, support.spore_env(config, ns.counter), log_dir)
+                  "--concurrency", str(CONCURRENCY), *options] for i in range(PROCS)]
+        env = {**support.spore_env(config, ns.counter), **(extra_env or {})}
+        workers = Workers(f"hooks-{tag}", argvs, env, log_dir)
         try:
             first: tuple[float, int, float] | None = None
             deadline = time.perf_counter() + 300
@@ -115,7 +117,8 @@ async def main_async(args: argparse.Namespace) -> None:
                                                                   broadcast_channel=f"{ns.root}:r{index}:bc")
                 label = "one trivial implementation" if hooked else "no implementation"
                 log(f"drain {index + 1}/{len(order)}: {args.tasks} tasks, {label}")
-                runs[hooked].append(await drain(url, ns, config, args.tasks, hooked, Path(tmp), f"r{index}"))
+                apps = ["bench.hooks_trivial"] if hooked else []
+                runs[hooked].append(await drain(url, ns, config, args.tasks, apps, Path(tmp), f"r{index}"))
     finally:
         if private is not None:
             private.stop()
