@@ -22,6 +22,9 @@ system and repetition:
   2. round trip: each client runs R sequential "submit ``echo(i)``, wait for its result" (hive
      ``Hive.run``, a BLPOP; Dramatiq ``get_result(block=True)``, a BRPOPLPUSH); p50/p99 over all clients.
 
+CPU per task (workers with their children, clients, Redis) is read around each part; the clients stay
+alive until it has been read.
+
 Every task ``INCR``s a counter, so each figure is verified. Systems take turns (hive, Dramatiq, Dramatiq,
 hive with ``--reps 2``) so drift of a shared machine hits both; the table shows the mean per system and the
 ratio hive / Dramatiq. Without a Python where dramatiq is importable, hive is reported alone. Writes
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -46,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import psutil  # noqa: E402
 from redis.asyncio import Redis as AsyncRedis  # noqa: E402
 
 from bench import support  # noqa: E402
@@ -104,9 +109,23 @@ async def hive_client(client_id: int) -> None:
             rtt.append(time.perf_counter() - a)
             wrong += got != i
         await r.rpush(f"{control}:done:rt", json.dumps({"id": client_id, "lat": rtt, "wrong": wrong}))
+        await r.blpop([f"{control}:go:exit"], timeout=600)  # alive until the runner has read its CPU time
     finally:
         await r.aclose()
         await hive.close()
+
+
+def cpu_seconds(workers: Workers) -> float:
+    """User + system CPU of the processes and their children (Dramatiq's CLI forks its worker processes)."""
+    total = 0.0
+    for proc in workers.procs:
+        with contextlib.suppress(psutil.Error):
+            parent = psutil.Process(proc.pid)
+            for each in (parent, *parent.children(recursive=True)):
+                with contextlib.suppress(psutil.Error):
+                    times = each.cpu_times()
+                    total += times.user + times.system
+    return total
 
 
 # --- the runner ------------------------------------------------------------------------------------
@@ -126,6 +145,19 @@ class Run:
 
     async def counter(self) -> int:
         return int(await self.admin.get(self.ns.counter) or 0)
+
+    async def cpu(self, workers: Workers, clients: Workers) -> tuple[float, float, float]:
+        """CPU seconds used so far by the workers, the clients and the Redis server."""
+        info = await self.admin.info("cpu")
+        return cpu_seconds(workers), cpu_seconds(clients), float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    @staticmethod
+    def cpu_per_task(before: tuple[float, float, float], after: tuple[float, float, float],
+                     n: int) -> dict[str, float]:
+        """CPU ms per task of each side between two readings of :meth:`cpu`."""
+        names = ("workers", "clients", "redis")
+        return {f"cpu_ms_per_task_{k}": round((b - a) / n * 1e3, 3)
+                for k, a, b in zip(names, before, after, strict=True)}
 
     def env(self, system: str) -> dict[str, str]:
         env = support.spore_env(self.config, self.ns.counter) if system == HIVE else support.base_env()
@@ -204,6 +236,7 @@ class Run:
             await self.admin.set(self.ns.counter, 0)
             total = a.clients * s.n_submit
             log(f"{system} rep {rep}: drain, {a.clients} clients x {s.n_submit} submits")
+            cpu0 = await self.cpu(workers, clients)
             t0 = time.perf_counter()
             await self.admin.rpush(f"{control}:go:submit", *range(a.clients))
             deadline = t0 + s.budget_s
@@ -213,6 +246,7 @@ class Run:
                 workers.check_alive()
                 await asyncio.sleep(0.005)
             span = time.perf_counter() - t0
+            cpu1 = await self.cpu(workers, clients)
             reports = await self.collect(f"{control}:done:submit", a.clients, clients)
             lat = [x for r in reports for x in r["lat"]]
             await asyncio.sleep(0.3)
@@ -220,17 +254,22 @@ class Run:
                             "submit_p50_ms": round(pct(lat, 50) * 1e3, 3),
                             "submit_p99_ms": round(pct(lat, 99) * 1e3, 3),
                             "slowest_client_submit_s": round(max(r["wall_s"] for r in reports), 3),
+                            **self.cpu_per_task(cpu0, cpu1, total),
                             "verified": await self.counter() == total}
             log(f"{system} rep {rep}: round trips, {a.clients} clients x {s.n_rt}")
             base = await self.counter()
+            cpu0 = await self.cpu(workers, clients)
             await self.admin.rpush(f"{control}:go:rt", *range(a.clients))
             reports = await self.collect(f"{control}:done:rt", a.clients, clients)
+            cpu1 = await self.cpu(workers, clients)
+            await self.admin.rpush(f"{control}:go:exit", *range(a.clients))
             rtt = [x for r in reports for x in r["lat"]]
             await asyncio.sleep(0.3)
             n_rt = a.clients * s.n_rt
             wrong = sum(r["wrong"] for r in reports)
             out["rt"] = {"n": len(rtt), "p50_ms": round(pct(rtt, 50) * 1e3, 3), "p99_ms": round(pct(rtt, 99) * 1e3, 3),
                          "mean_ms": round(sum(rtt) / len(rtt) * 1e3, 3), "wrong": wrong,
+                         **self.cpu_per_task(cpu0, cpu1, n_rt),
                          "verified": wrong == 0 and len(rtt) == n_rt and await self.counter() - base == n_rt}
             log(f"{system} rep {rep}: drain {out['drain']['jobs_per_s']:,.0f} jobs/s, round trip p50 "
                 f"{out['rt']['p50_ms']:.1f} ms p99 {out['rt']['p99_ms']:.1f} ms")
@@ -250,6 +289,12 @@ FIGURES = [
     ("client submit p99 ms ↓", "drain", "submit_p99_ms", False),
     ("round trip p50 ms ↓", "rt", "p50_ms", False),
     ("round trip p99 ms ↓", "rt", "p99_ms", False),
+    ("drain CPU ms per task: workers ↓", "drain", "cpu_ms_per_task_workers", False),
+    ("drain CPU ms per task: clients ↓", "drain", "cpu_ms_per_task_clients", False),
+    ("drain CPU ms per task: Redis ↓", "drain", "cpu_ms_per_task_redis", False),
+    ("round trip CPU ms per task: workers ↓", "rt", "cpu_ms_per_task_workers", False),
+    ("round trip CPU ms per task: clients ↓", "rt", "cpu_ms_per_task_clients", False),
+    ("round trip CPU ms per task: Redis ↓", "rt", "cpu_ms_per_task_redis", False),
 ]
 
 
@@ -266,7 +311,9 @@ def mean_figures(reps: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 def fmt(value: float | None) -> str:
     if value is None:
         return "—"
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}"
 
 
 def table(res: dict[str, Any]) -> str:
