@@ -21,7 +21,8 @@ Phases, in this order (the empty one is measured again at the end, so drift of a
   neither be idle for the claim latency nor leave the depth in place. The backlog shares every hive-wide
   structure with the measured tasks (the ``pending`` status index, the job-id -> entry hash, the task
   records' keyspace); its stream is its type's own, which is how hive queues by design.
-* ``deep``: the same measurements with the backlog and the records in place.
+* ``deep``: the same measurements with the backlog and the records in place, once the fill's own load has
+  settled (``--settle``: up to 120 s for the 1-minute load average to drop below 1.5).
 * ``empty again``: FLUSHDB, the same measurements.
 
 Measurements of a phase:
@@ -356,6 +357,19 @@ def growth(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+async def settle(max_s: float, load: float = 1.5) -> float:
+    """After the fill (2 spores and a client flat out), wait until the 1-minute load average is below ``load``
+    or ``max_s`` passed, so the deep phase does not start on the fill's own load; returns the seconds waited."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < max_s:
+        if os.getloadavg()[0] < load:
+            break
+        await asyncio.sleep(5)
+    waited = time.perf_counter() - t0
+    log(f"settled {waited:.0f} s after the fill; load {os.getloadavg()[0]:.2f}")
+    return round(waited, 1)
+
+
 async def main_async(args: argparse.Namespace) -> int:
     base = QUICK if args.quick else FULL
     sizes = Sizes(**{**asdict(base), "depth": args.depth if args.depth is not None else base.depth})
@@ -373,6 +387,7 @@ async def main_async(args: argparse.Namespace) -> int:
         res["phases"]["empty"] = await bench.phase("empty")
         await bench.admin.flushdb()
         res["fill"] = await bench.fill()
+        res["fill"]["settle_s"] = await settle(args.settle)
         res["phases"]["deep"] = await bench.phase("deep")
         res["at_depth_after"] = {"dbsize": int(await bench.admin.dbsize()),
                                  "used_memory_human": (await bench.admin.info("memory"))["used_memory_human"]}
@@ -417,6 +432,8 @@ def main() -> int:
     parser.add_argument("--depth", type=int, default=None,
                         help=f"queued tasks and finished records at depth, each (default {FULL.depth:,}; "
                              f"{QUICK.depth:,} with --quick)")
+    parser.add_argument("--settle", type=float, default=120.0,
+                        help="after the fill, wait up to this many seconds for the 1-minute load to drop below 1.5")
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     return asyncio.run(main_async(parser.parse_args()))
 
