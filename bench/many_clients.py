@@ -142,14 +142,25 @@ class Run:
         self.ns = Namespace(time.strftime("%Y%m%dT%H%M%S"))
         self.config = self.ns.hive_config(url, args.slots)
         self.admin = AsyncRedis.from_url(url)
+        self.counter_reads = 0
 
     async def counter(self) -> int:
+        self.counter_reads += 1
         return int(await self.admin.get(self.ns.counter) or 0)
 
     async def cpu(self, workers: Workers, clients: Workers) -> tuple[float, float, float]:
         """CPU seconds used so far by the workers, the clients and the Redis server."""
         info = await self.admin.info("cpu")
         return cpu_seconds(workers), cpu_seconds(clients), float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    async def commands_per_task(self, n: int) -> dict[str, float]:
+        """Calls per task of each Redis command since the last CONFIG RESETSTAT (commands inside Lua scripts
+        included), most frequent first; the runner's INFO, CONFIG and counter reads (GET) left out."""
+        raw = await self.admin.info("commandstats")
+        calls = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in raw.items()}
+        calls["get"] = calls.get("get", 0) - self.counter_reads
+        skip = {"info", "config|resetstat"}
+        return {k: round(c / n, 2) for k, c in sorted(calls.items(), key=lambda kv: -kv[1]) if k not in skip}
 
     @staticmethod
     def cpu_per_task(before: tuple[float, float, float], after: tuple[float, float, float],
@@ -236,6 +247,8 @@ class Run:
             await self.admin.set(self.ns.counter, 0)
             total = a.clients * s.n_submit
             log(f"{system} rep {rep}: drain, {a.clients} clients x {s.n_submit} submits")
+            await self.admin.config_resetstat()
+            self.counter_reads = 0
             cpu0 = await self.cpu(workers, clients)
             t0 = time.perf_counter()
             await self.admin.rpush(f"{control}:go:submit", *range(a.clients))
@@ -255,8 +268,11 @@ class Run:
                             "submit_p99_ms": round(pct(lat, 99) * 1e3, 3),
                             "slowest_client_submit_s": round(max(r["wall_s"] for r in reports), 3),
                             **self.cpu_per_task(cpu0, cpu1, total),
+                            "redis_calls_per_task": await self.commands_per_task(total),
                             "verified": await self.counter() == total}
             log(f"{system} rep {rep}: round trips, {a.clients} clients x {s.n_rt}")
+            await self.admin.config_resetstat()
+            self.counter_reads = 0
             base = await self.counter()
             cpu0 = await self.cpu(workers, clients)
             await self.admin.rpush(f"{control}:go:rt", *range(a.clients))
@@ -270,6 +286,7 @@ class Run:
             out["rt"] = {"n": len(rtt), "p50_ms": round(pct(rtt, 50) * 1e3, 3), "p99_ms": round(pct(rtt, 99) * 1e3, 3),
                          "mean_ms": round(sum(rtt) / len(rtt) * 1e3, 3), "wrong": wrong,
                          **self.cpu_per_task(cpu0, cpu1, n_rt),
+                         "redis_calls_per_task": await self.commands_per_task(n_rt),
                          "verified": wrong == 0 and len(rtt) == n_rt and await self.counter() - base == n_rt}
             log(f"{system} rep {rep}: drain {out['drain']['jobs_per_s']:,.0f} jobs/s, round trip p50 "
                 f"{out['rt']['p50_ms']:.1f} ms p99 {out['rt']['p99_ms']:.1f} ms")
@@ -391,6 +408,12 @@ async def main_async(args: argparse.Namespace) -> int:
     print(md)
     print(f"\n{args.clients} x {sizes.n_submit} tasks drained, {args.clients} x {sizes.n_rt} round trips per "
           f"repetition; means of {args.reps} repetition(s) per system, order {[f'{s}#{r}' for s, r in order]}.")
+    for run_ in res["runs"]:
+        if run_["rep"] == 0:
+            for part in ("drain", "rt"):
+                calls = run_.get(part, {}).get("redis_calls_per_task", {})
+                top = ", ".join(f"{k} {v:g}" for k, v in list(calls.items())[:10])
+                print(f"- {run_['system']} {part}: Redis calls per task (first repetition): {top}")
     for err in res["errors"]:
         print(f"- error: {err}")
     loads = ", ".join(f"{r['system']}#{r['rep']} {r['loadavg_at_start'][0]:.2f}" for r in res["runs"])
