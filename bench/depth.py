@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Is hive's cost flat with depth? The same figures on an empty hive and on one holding a deep backlog.
 
-    python bench/depth.py [--depth 1000000] [--quick]
+    python bench/depth.py [--depth 1000000] [--settle 120] [--quick]
 
 Issue 18: "with 1,000,000 tasks already queued (and 1,000,000 finished records kept), enqueue p50/p99, drain
 rate and claim latency beside the same figures on an empty hive; goal: within 10 %".
@@ -29,13 +29,15 @@ Measurements of a phase:
 
 A  enqueue: N single ``Hive.submit("bench.noop")`` calls from one client, no spore running, each timed
    (after 50 untimed ones): p50/p99.
-B  drain: the A tasks plus more (``submit_many``) to M queued ``bench.noop``, then 2 spore processes x 50
-   slots start: jobs/s from the first job counted to the last (counter polled every 5 ms).
+B  drain, twice (B1 drains the A tasks topped up with ``submit_many`` to M, B2 M fresh ones): M queued
+   ``bench.noop``, then 2 spore processes x 50 slots start: jobs/s from the first job counted to the last
+   (counter polled every 5 ms), the spores' CPU per task over that span, Redis's CPU and expired keys.
 C  claim latency and round trip, on the 2 idle spores: K sequential ``bench.clock`` tasks; claim latency =
    the wall clock when the task body started (read by the spore) minus the wall clock just before
    ``Hive.submit`` (client and spores share a host clock); round trip = submit + ``Hive.result``.
 
-For each part the server's ``INFO commandstats`` is reset before and read after, so each Redis command's
+Goal: each latency's and the drain's cost (time per task) at depth within +10 % of the mean of the two empty
+phases. For each part the server's ``INFO commandstats`` is reset before and read after, so each Redis command's
 usec_per_call can be compared between the phases (commands run inside Lua scripts are counted too); the
 run prints the commands whose per-call time grew. ``INFO memory`` and ``DBSIZE`` at depth are printed too.
 Writes ``bench/results/depth-<stamp>-<commit>.json``. Nothing is asserted.
