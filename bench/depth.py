@@ -49,6 +49,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -465,7 +466,11 @@ async def main_async(args: argparse.Namespace) -> int:
     print(f"\nload average (1 min) at the start of each phase: {loads}; at end {res['env']['loadavg_at_end'][0]:.2f}"
           f"\nrun took {res['wall_s']} s; JSON: {out_path.relative_to(ROOT)}")
     checks = [p.get("verified", True) for ph in res["phases"].values() for p in (ph["B"], ph["B2"], ph["C"])]
-    return 0 if all(checks) and fill["verified"] else 1
+    if all(checks) and fill["verified"]:
+        shutil.rmtree(log_dir, ignore_errors=True)
+        return 0
+    print(f"some figures could not be verified; spore logs kept in {log_dir}", file=sys.stderr)
+    return 1
 
 
 def main() -> int:

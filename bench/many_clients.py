@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -420,7 +421,11 @@ async def main_async(args: argparse.Namespace) -> int:
     print(f"\nload average (1 min) at the start of each run: {loads}; at end {res['env']['loadavg_at_end'][0]:.2f}"
           f"\nrun took {res['wall_s']} s; JSON: {out_path.relative_to(ROOT)}")
     checks = [r[p]["verified"] for r in res["runs"] for p in ("drain", "rt") if p in r]
-    return 0 if checks and all(checks) and not res["errors"] else 1
+    if checks and all(checks) and not res["errors"]:
+        shutil.rmtree(log_dir, ignore_errors=True)
+        return 0
+    print(f"some figures could not be verified; worker and client logs kept in {log_dir}", file=sys.stderr)
+    return 1
 
 
 def main() -> int:
