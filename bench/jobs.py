@@ -1,7 +1,7 @@
 """The benchmark's jobs, for both systems, in one module.
 
 * hive spores load it with ``python -m hive_framework spore --app bench.jobs``: the ``@task`` types
-  ``bench.noop``, ``bench.echo`` and ``bench.sleepy``;
+  ``bench.noop``, ``bench.echo``, ``bench.sleepy`` and ``bench.clock``;
 * ARQ workers load it with ``python -m arq bench.jobs.ArqWorkerSettings``: the functions ``noop``,
   ``echo`` and ``sleepy``.
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 from arq.connections import RedisSettings
@@ -43,6 +44,14 @@ async def hive_sleepy(payload: dict[str, Any], context: TaskContext) -> Any:
     await asyncio.sleep(SLEEP_S)
     await context.redis.incr(COUNTER_KEY)
     return payload["x"]
+
+
+@task("bench.clock")
+async def hive_clock(payload: dict[str, Any], context: TaskContext) -> float:
+    """Returns the wall clock when its body started: the client subtracts its submit time (same host)."""
+    started = time.time()
+    await context.redis.incr(COUNTER_KEY)
+    return started
 
 
 # --- ARQ -------------------------------------------------------------------------------------------
