@@ -146,7 +146,7 @@ def before_enqueue(task: TaskMessage, config: HiveConfig) -> Awaitable[None] | N
 
 @hookspec
 def before_task(task: TaskMessage, node_id: str) -> Awaitable[None] | None:
-    """An attempt of ``task`` is about to run on this spore (marked running, attempt counted; that save is in flight).
+    """An attempt of ``task`` is about to run on this spore (marked running and saved, attempt counted).
 
     Exactly one of ``after_task``, ``on_retry`` or ``on_task_failure`` follows, unless the spore stops
     and hands the unfinished attempt back to the queue. Treat ``task`` as read-only.

@@ -6,7 +6,6 @@ engine-neutral :class:`AttemptRunner`, as a spore's worker drives them.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -15,7 +14,6 @@ from redis.exceptions import WatchError
 
 from hive_framework import Kernel, TaskMessage, TaskStatus
 from hive_framework.broker import AttemptRunner, Delivery, Fence
-from hive_framework.broker.engine import Attempt
 
 from .integration_helpers import BASIC
 
@@ -34,15 +32,6 @@ def _runner(hive: Any, node: str, result: str) -> AttemptRunner:
     return AttemptRunner(hive.broker, node_id=node, node_name=node, concurrency=1, execute=execute)
 
 
-async def _begin(runner: AttemptRunner, deliveries: list[Delivery]) -> list[Attempt]:
-    """Begin and wait for the begin to land (a spore's attempts run while it is on its way)."""
-    attempts = await runner.begin(deliveries)
-    for attempt in attempts:
-        if attempt.begun is not None:
-            await attempt.begun
-    return attempts
-
-
 async def _delivery(hive: Any, task_id: str) -> Delivery:
     message = await hive.status(task_id)
     # A receipt that settles nothing real (streams: an entry id no stream holds; arq: unused).
@@ -53,8 +42,8 @@ async def test_a_lapsed_attempt_does_not_overwrite_the_newer_one(hive):
     # Given a task begun on spore a, whose lease then lapsed, so spore b began it again (attempt 2)
     task_id = await hive.submit("echo", {"x": 1})
     delivery = await _delivery(hive, task_id)
-    (old,) = await _begin(_runner(hive, "a", "from a"), [delivery])
-    (new,) = await _begin(_runner(hive, "b", "from b"), [delivery])
+    (old,) = await _runner(hive, "a", "from a").begin([delivery])
+    (new,) = await _runner(hive, "b", "from b").begin([delivery])
     assert (old.message.attempt, new.message.attempt) == (1, 2)
 
     # When the old attempt finishes while the new one still runs
@@ -79,7 +68,7 @@ async def test_a_lapsed_attempt_does_not_overwrite_the_newer_one(hive):
 async def test_a_requeued_zombie_attempt_does_not_overwrite_the_requeued_task(hive):
     # Given a task begun on spore a, then re-queued by the watchdog as a zombie (a fresh engine job)
     task_id = await hive.submit("echo", {"x": 1})
-    (old,) = await _begin(_runner(hive, "a", "from a"), [await _delivery(hive, task_id)])
+    (old,) = await _runner(hive, "a", "from a").begin([await _delivery(hive, task_id)])
     assert await hive.broker.requeue_zombie(old.message, "node a stopped beating") == "pending"
 
     # When spore a comes back and reports its attempt
@@ -97,7 +86,7 @@ async def test_an_attempt_begun_from_a_stale_read_does_not_reopen_a_finished_tas
     # Given a task begun on spore a, and spore b reading it then (its lease lapsing in a partition)
     task_id = await hive.submit("echo", {"x": 1})
     delivery = await _delivery(hive, task_id)
-    (first,) = await _begin(_runner(hive, "a", "from a"), [delivery])
+    (first,) = await _runner(hive, "a", "from a").begin([delivery])
     stale = await hive.broker.get_tasks([task_id])
 
     # When a's outcome lands before b's begin is written (the partition healed in between)
@@ -107,14 +96,11 @@ async def test_an_attempt_begun_from_a_stale_read_does_not_reopen_a_finished_tas
         return stale
 
     monkeypatch.setattr(hive.broker, "get_tasks", read_before_the_outcome)
-    b = _runner(hive, "b", "from b")
-    (late,) = await b.begin([delivery])
+    begun = await _runner(hive, "b", "from b").begin([delivery])
     monkeypatch.undo()
 
-    # Then b's begin is refused, and so is the outcome of its attempt (which ran meanwhile): the task stays
-    # completed by a, with one recorded outcome
-    assert late.begun is not None and await late.begun == [None]
-    assert await b.run(late) is None and late.fenced
+    # Then b begins nothing: the task stays completed by a, with one recorded outcome
+    assert begun == []
     stored = await hive.status(task_id)
     assert (stored.status, stored.attempt, stored.assigned_node, stored.result) == (
         TaskStatus.COMPLETED, 1, "a", "from a"
@@ -122,81 +108,12 @@ async def test_an_attempt_begun_from_a_stale_read_does_not_reopen_a_finished_tas
     assert await hive.broker.redis.llen(hive.broker.keys.done(task_id)) == 1
 
 
-async def test_an_outcome_that_overtakes_its_begin_is_saved_and_the_late_begin_dropped(hive, monkeypatch):
-    # Given an attempt whose begin is held on its way to Redis (a slow link, another connection)
-    task_id = await hive.submit("echo", {"x": 1})
-    engine = hive.broker.engine
-    record = engine.record
-    release = asyncio.Event()
-
-    async def slow_begins(items: Any) -> Any:
-        if items and items[0][0].status == TaskStatus.RUNNING:
-            await release.wait()
-        return await record(items)
-
-    monkeypatch.setattr(engine, "record", slow_begins)
-    runner = _runner(hive, "a", "from a")
-    (attempt,) = await runner.begin([await _delivery(hive, task_id)])
-
-    # When the attempt finishes before its begin lands
-    assert await runner.run(attempt) is None and not attempt.fenced
-    stored = await hive.status(task_id)
-    assert (stored.status, stored.attempt, stored.assigned_node, stored.result) == (
-        TaskStatus.COMPLETED, 1, "a", "from a"
-    )
-    # Then the begin, landing last, is dropped: the task stays completed, in the completed index only
-    release.set()
-    assert attempt.begun is not None and await attempt.begun == [None]
-    stored = await hive.status(task_id)
-    assert (stored.status, stored.result) == (TaskStatus.COMPLETED, "from a")
-    keys = hive.broker.keys
-    for status in TaskStatus:
-        score = await hive.broker.redis.zscore(keys.status_index(status), task_id)
-        assert (score is not None) == (status == TaskStatus.COMPLETED), status
-
-
-async def test_a_begin_that_lands_after_the_handler_returned_saves_the_task_as_begun(hive, monkeypatch):
-    # Given an attempt whose begin reaches Redis only once its handler has returned (the handler changes the
-    # attempt's message: completed, with its result), and whose outcome is saved after the begin landed
-    task_id = await hive.submit("echo", {"x": 1})
-    engine = hive.broker.engine
-    record = engine.record
-    handler_done, begin_landed = asyncio.Event(), asyncio.Event()
-
-    async def ordered(items: Any) -> Any:
-        if items and items[0][0].status == TaskStatus.RUNNING:
-            await handler_done.wait()
-            try:
-                return await record(items)
-            finally:
-                begin_landed.set()
-        await begin_landed.wait()
-        return await record(items)
-
-    async def execute(message: TaskMessage) -> str:
-        handler_done.set()
-        return "done"
-
-    monkeypatch.setattr(engine, "record", ordered)
-    runner = AttemptRunner(hive.broker, node_id="a", node_name="a", concurrency=1, execute=execute)
-    (attempt,) = await runner.begin([await _delivery(hive, task_id)])
-    # When it runs
-    async with asyncio.timeout(20):
-        await runner.run(attempt)
-    # Then the begin saved the task running (not the outcome the handler produced meanwhile), and the outcome
-    # then saved over it
-    assert attempt.begun is not None and await attempt.begun == [[]]
-    assert not attempt.fenced
-    stored = await hive.status(task_id)
-    assert (stored.status, stored.attempt, stored.result) == (TaskStatus.COMPLETED, 1, "done")
-
-
 async def test_a_connection_lost_while_watching_starts_the_save_over(hive, monkeypatch):
     # Given the arq engine, whose saves are WATCHed transactions, and an attempt that began
     if hive.broker.config.broker != "arq":
         pytest.skip("the streams engine saves in one Lua call, with nothing watched")
     task_id = await hive.submit("echo", {"x": 1})
-    (attempt,) = await _begin(_runner(hive, "a", "from a"), [await _delivery(hive, task_id)])
+    (attempt,) = await _runner(hive, "a", "from a").begin([await _delivery(hive, task_id)])
     engine = hive.broker.engine
     real = engine.redis.pipeline
     failed: list[str] = []

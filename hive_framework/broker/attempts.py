@@ -93,12 +93,10 @@ class AttemptRunner:
         self.link = link or RedisLink(self.log)
         #: Per-type rates and caps: workers consult them before they claim; :meth:`run` enforces the caps.
         self.limits = limits or TypeLimits({})
-        #: Begins on their way to Redis (see :meth:`begin`).
-        self._begins: set[asyncio.Future[Any]] = set()
 
     async def begin(self, deliveries: Sequence[Delivery]) -> list[Attempt]:
-        """Mark every delivered task running (one write for all, not waited for); settle the ones with nothing to
-        run. Costs one round trip (reading the records), plus one for tasks with nothing to run."""
+        """Mark every delivered task running in one round trip (plus one to read the records, unless the engine
+        brought them with the jobs); settle the ones with nothing to run."""
         engine = self.broker.engine
         ids = [d.task_id for d in deliveries]
         prefetched = [d.record for d in deliveries]
@@ -139,30 +137,17 @@ class AttemptRunner:
                 if ok:
                     await kernel.run_lifecycle("on_task_failure", task=message, error=message.error or "",
                                                exception=None, node_id=self.node_id)
-        if not runs:
-            return early
-        # The attempts run at once, without waiting for their begin to land: each outcome's fence also accepts
-        # the record as read, so an outcome that overtakes its begin still saves (and the begin is dropped).
-        # A begin the fence refuses means the record moved on: that attempt's outcome is refused as well.
-        # Copies: the attempt changes its message as it runs, and the begin must save the message as begun.
-        saves = self.broker.engine.record(
-            [(attrs.evolve(m), p, f) for (m, _), p, f in zip(runs, previous, as_read, strict=True)]
+        # The attempt is saved before it runs: a spore killed by its task the moment it starts (a segfault, the
+        # OOM killer) has still counted the attempt, so a task that keeps killing spores is given up on.
+        saved = await self.broker.record_attempts(
+            [(m, p, f) for (m, _), p, f in zip(runs, previous, as_read, strict=True)]
         )
-        begun = asyncio.ensure_future(saves)
-        self._begins.add(begun)
-        begun.add_done_callback(self._begin_landed)
+        refused = [d for (_, d), ok in zip(runs, saved, strict=True) if not ok]
+        await engine.settle(refused)
         return early + [
-            Attempt(m, attrs.evolve(d, fence=Fence.running(m.attempt, m.engine_job_id, self.node_id, before=read)),
-                    begun=begun)
-            for (m, d), read in zip(runs, as_read, strict=True)
+            Attempt(m, attrs.evolve(d, fence=Fence.running(m.attempt, m.engine_job_id, self.node_id)))
+            for (m, d), ok in zip(runs, saved, strict=True) if ok
         ]
-
-    def _begin_landed(self, begun: asyncio.Future[Any]) -> None:
-        """A begin that failed (Redis away) needs nothing more: the outcome, saved with back-off under a fence
-        that accepts the record as read, carries the attempt's start with it."""
-        self._begins.discard(begun)
-        if not begun.cancelled() and begun.exception() is not None:
-            self.log.debug("beginning attempts was not saved (%r); their outcomes will carry it", begun.exception())
 
     async def run(self, attempt: Attempt) -> float | None:
         """Run one attempt and record its outcome; the retry delay when it failed and may retry, else ``None``.
@@ -265,8 +250,9 @@ class AttemptRunner:
         backoff = self.link.backoff()
         while True:
             try:
-                previous = delivery.fence.statuses() if delivery.fence is not None else TaskStatus.RUNNING
-                saved = await self.broker.save_unless_cancelled(message, previous=previous, delivery=delivery)
+                saved = await self.broker.save_unless_cancelled(
+                    message, previous=TaskStatus.RUNNING, delivery=delivery
+                )
                 if not saved and delivery.fence is not None and not await self.broker.redis.exists(
                     self.broker.keys.cancelled(message.task_id)
                 ):

@@ -33,9 +33,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: A status a caller knows a task had before a save (``None``: new task), the statuses it may have had, or
-#: ``"unknown"``.
-Previous = TaskStatus | str | tuple[TaskStatus, ...] | None
+#: A status a caller knows a task had before a save (``None``: new task), or ``"unknown"``.
+Previous = TaskStatus | str | None
 
 
 @attrs.frozen
@@ -46,10 +45,6 @@ class Fence:
     back running; finishing writes the outcome of the attempt it began. Without the check a late write
     (a lapsed lease, a reply lost in a partition) lands over a newer one: a second attempt begun over a
     finished task runs it again and records a second outcome.
-
-    An attempt runs without waiting for its begin to land, so its outcome may reach Redis first: ``before``
-    is the record as the attempt read it, which the outcome also accepts (begin and outcome then land as one
-    write, and the begin, arriving later, finds the record moved on and is dropped).
     """
 
     status: str
@@ -57,14 +52,11 @@ class Fence:
     job: str
     #: ``""`` for a record with no node.
     node: str
-    #: The other state the record may show for the save to apply (see above); ``None``: only this one.
-    before: Fence | None = None
 
     @classmethod
-    def running(cls, attempt: int, job: str, node: str, before: Fence | None = None) -> Fence:
-        """The fence of an attempt that began: that attempt, running on ``node`` under ``job`` (or, while its
-        begin is still on its way, the record as it was read: ``before``)."""
-        return cls(TaskStatus.RUNNING.value, attempt, job, node, before)
+    def running(cls, attempt: int, job: str, node: str) -> Fence:
+        """The fence of an attempt that began: that attempt, running on ``node`` under ``job``."""
+        return cls(TaskStatus.RUNNING.value, attempt, job, node)
 
     @classmethod
     def of(cls, message: TaskMessage) -> Fence:
@@ -72,17 +64,8 @@ class Fence:
         return cls(message.status.value, message.attempt, message.engine_job_id or "", message.assigned_node or "")
 
     def argv(self) -> list[str]:
-        """The fence as arguments of the streams engine's ``guarded.lua``: itself, then ``before`` (or blanks)."""
-        other = [self.before.status, str(self.before.attempt), self.before.job, self.before.node] if self.before \
-            else ["", "", "", ""]
-        return [self.status, str(self.attempt), self.job, self.node, *other]
-
-    def statuses(self) -> tuple[TaskStatus, ...]:
-        """The statuses the record may have when the save lands (for the status indexes)."""
-        found = [TaskStatus(self.status)]
-        if self.before is not None and self.before.status != self.status:
-            found.append(TaskStatus(self.before.status))
-        return tuple(found)
+        """The fence as arguments of the streams engine's ``guarded.lua``."""
+        return [self.status, str(self.attempt), self.job, self.node]
 
     def holds(self, raw: bytes | str | None) -> bool:
         """Whether the stored record ``raw`` still shows what the fence expects (the Python twin of the check
@@ -95,9 +78,8 @@ class Fence:
             return False
         if not isinstance(record, dict):
             return False
-        shown = (record.get("status"), record.get("attempt"), record.get("engine_job_id") or "",
-                 record.get("assigned_node") or "")
-        return any(shown == (f.status, f.attempt, f.job, f.node) for f in (self, self.before) if f is not None)
+        return (record.get("status"), record.get("attempt"), record.get("engine_job_id") or "",
+                record.get("assigned_node") or "") == (self.status, self.attempt, self.job, self.node)
 
 
 @attrs.frozen
@@ -136,12 +118,7 @@ def guard_parts(guard: Guard) -> tuple[Delivery | None, Fence | None]:
 
 
 def fenced(message: TaskMessage) -> None:
-    """Log a save an engine did not apply because the record moved on (see :class:`Fence`). A begin refused
-    is routine (its attempt's outcome got there first, or is refused in turn and logged then): debug only."""
-    if message.status == TaskStatus.RUNNING:
-        logger.debug("task %s: attempt %d's begin is not applied: the record moved on", message.task_id,
-                     message.attempt)
-        return
+    """Log a save an engine did not apply because the record moved on (see :class:`Fence`)."""
     logger.warning("task %s: attempt %d's %s save is not applied: the record moved on (its lease lapsed and a "
                    "newer attempt, a re-queue or another spore owns the task, or this same save landed before "
                    "its reply was lost)", message.task_id, message.attempt, message.status.value)
@@ -149,7 +126,7 @@ def fenced(message: TaskMessage) -> None:
 
 @attrs.define
 class Attempt:
-    """A delivery a spore will run: the task (marked running, its save sent) and its delivery."""
+    """A delivery a spore will run: the task (already marked running and saved) and its delivery."""
 
     message: TaskMessage
     delivery: Delivery
@@ -160,9 +137,6 @@ class Attempt:
     #: A scheduled task delivered before its ``eta`` (clocks apart): not begun, nothing runs; :meth:`TaskRunner.run`
     #: hands its job back until it is due (the delivery's fence is the record as read).
     early: bool = False
-    #: The save of the begin, shared by the attempts begun together (engine ``record`` replies), still on its
-    #: way while the attempt runs; awaited after the outcome is saved.
-    begun: asyncio.Future[list[list[str] | None]] | None = attrs.field(default=None, repr=False, eq=False)
     #: Called when the handler is done and only the outcome's save is left (a worker may give the slot to the
     #: next task meanwhile).
     on_ran: Callable[[], None] | None = attrs.field(default=None, repr=False, eq=False)

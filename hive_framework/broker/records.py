@@ -61,10 +61,6 @@ def status_commands(
         for status in TaskStatus:
             if status != message.status:
                 out.append(("ZREM", keys.status_index(status), task_id))
-    elif isinstance(previous, tuple):
-        for status in previous:
-            if status != message.status:
-                out.append(("ZREM", keys.status_index(status), task_id))
     elif previous is not None and previous != message.status:
         out.append(("ZREM", keys.status_index(previous), task_id))
     # A scheduled task's index is scored by when it is due (the backlog counts the due ones still waiting).
@@ -78,7 +74,7 @@ def status_commands(
         out.append(("ZADD", keys.dead_letters, now, task_id))
         out.append(("ZREMRANGEBYSCORE", keys.dead_letters, "-inf", repr(time.time() - config.result_ttl)))
         out.append(("ZREMRANGEBYRANK", keys.dead_letters, 0, -MAX_DEAD_LETTERS - 1))
-    elif previous in ("unknown", TaskStatus.FAILED) or (isinstance(previous, tuple) and TaskStatus.FAILED in previous):
+    elif previous in ("unknown", TaskStatus.FAILED):
         out.append(("ZREM", keys.dead_letters, task_id))
     return out
 

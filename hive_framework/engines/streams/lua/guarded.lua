@@ -6,9 +6,7 @@
 --          the record must still show exactly these, else nothing is written and 'fenced' is returned (an
 --          outcome whose lease lapsed and a newer attempt owns the task; an attempt begun over a record that
 --          moved on since it was read). A record that does not decode is fenced too.
--- ARGV[5..8]  another state the record may show instead (ARGV[5] '' for none): the record as an attempt read
---          it, for an outcome that overtook its attempt's begin on the way to Redis.
--- ARGV[9..] a flat list of commands, each as: argument count, command name, arguments...
+-- ARGV[5..] a flat list of commands, each as: argument count, command name, arguments...
 --          The commands are the task record's status writes (SET/PSETEX {prefix}:task:{id}, ZADD/ZREM on
 --          {prefix}:status:*, {prefix}:dead, RPUSH/PEXPIRE {prefix}:done:{id}, XADD/PEXPIRE the job's
 --          events stream), then the settling of its stream entry (XACK + XDEL on the entry's stream, HDEL
@@ -28,14 +26,11 @@ if ARGV[1] ~= '' then
   local job, node = rec['engine_job_id'], rec['assigned_node']
   if job == nil or job == cjson.null then job = '' end
   if node == nil or node == cjson.null then node = '' end
-  local shown = {rec['status'], tostring(rec['attempt']), job, node}
-  local function shows(at)
-    return ARGV[at] ~= '' and shown[1] == ARGV[at] and shown[2] == ARGV[at + 1] and shown[3] == ARGV[at + 2]
-      and shown[4] == ARGV[at + 3]
+  if rec['status'] ~= ARGV[1] or tostring(rec['attempt']) ~= ARGV[2] or job ~= ARGV[3] or node ~= ARGV[4] then
+    return 'fenced'
   end
-  if not shows(1) and not shows(5) then return 'fenced' end
 end
-local i = 9
+local i = 5
 local reply = true
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
