@@ -76,10 +76,12 @@ async def test_pages_of_one_host_are_spaced_across_spores_while_other_hosts_go_a
     report = json.loads(await ParallelSkill(hive.broker).map_reduce("summarise", json.dumps(urls), wait_timeout=60))
     assert report["summary"]["completed"] == 9, report
     assert len({r["node"] for r in report["results"]}) == 2
-    # Then each site saw its pages 1 s apart (less the jitter of a busy test machine), though two spores fetched them
+    # Then each site saw its pages 1 s apart, though two spores fetched them. The spacing is of the fetches'
+    # reserved start times: a fetch that starts late on a loaded machine (CI saw 0.34 s once) lengthens the gap
+    # before it and shortens the one after, so each gap gets that slack, and the span of the three less.
     for site in sites:
         gaps = [b - a for a, b in itertools.pairwise(sorted(site.arrivals))]
-        assert len(gaps) == 2 and all(gap >= 0.75 for gap in gaps), gaps
+        assert len(gaps) == 2 and all(gap >= 0.5 for gap in gaps) and sum(gaps) >= 1.8, gaps
     # while the sites' first pages were fetched together, not one site after another
     firsts = [min(site.arrivals) for site in sites]
     assert max(firsts) - min(firsts) < 0.75, firsts
