@@ -26,7 +26,7 @@ def parse_priority(priority: int | str) -> int:
     elif isinstance(priority, str) and priority.strip().lower() in PRIORITY_NAMES:
         return PRIORITY_NAMES[priority.strip().lower()]
     elif isinstance(priority, str) and _is_level(priority):
-        level = int(priority)
+        level = int(priority.strip())  # str.strip() removes more than int() skips (U+001F, say)
     else:
         raise InvalidTask(f"bad priority {priority!r}: use one of {sorted(PRIORITY_NAMES)} or 0-10")
     if not 0 <= level <= 10:

@@ -33,8 +33,6 @@ CONSUMER_PRUNE_EVERY_S = 60.0
 DELAYED_CHECK_S = 0.5
 #: Event-loop steps a spore gives the attempts it just started before it claims again (see :meth:`main`).
 SETTLE_STEPS = 8
-#: Blocking reads in a row that each found one task, after which a spore claims in batches again.
-BLOCKING_STREAK = 3
 #: Longest a spore waits in a blocking read while a type it serves is at its cap, so a freed place is used soon.
 CAPPED_POLL_S = 0.1
 
@@ -58,8 +56,6 @@ class StreamWorker(Worker):
         self.consumer = f"{runner.node_id}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._allow = True
         self._reader: asyncio.Task[Any] | None = None
-        #: Blocking reads in a row that found one task each (see :meth:`main`).
-        self._block_streak = 0
         self.tasks: dict[str, asyncio.Task[None]] = {}
         #: Tasks whose handler is done and whose outcome is being saved: they hold no slot.
         self._saving: set[str] = set()
@@ -104,11 +100,10 @@ class StreamWorker(Worker):
                         async with asyncio.timeout(1.0):
                             await self._wake.wait()
                     continue
-                # After a blocking read that found one task, read blocking again rather than claim: then the
-                # spore is already waiting when the next one comes (a claim in flight would miss it and cost a
-                # round trip more). Several tasks at once, or a few reads in a row that each found one, look
-                # like a burst: then claims take them in batches.
-                entries = [] if self._block_streak else await self._claim(free)
+                # Always claim before a blocking read: the claim takes the highest level first across every
+                # stream, while a blocking read returns one entry from each stream that has one, so reading
+                # blocking over a backlog would start lower levels beside higher ones.
+                entries = await self._claim(free)
                 if not entries and not self._allow:
                     continue  # paused while the claim ran: no blocking read, which pause() could not cancel
                 if not entries:
@@ -122,8 +117,6 @@ class StreamWorker(Worker):
                         continue  # paused while waiting
                     finally:
                         self._reader = None
-                    found_one = len(entries) == 1 and self._block_streak < BLOCKING_STREAK
-                    self._block_streak = self._block_streak + 1 if found_one else 0
                 if entries and not self._allow:
                     await self._hand_back(entries)
                 elif entries:
