@@ -12,7 +12,7 @@ import asyncio
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -149,13 +149,28 @@ class Buckets:
 
     def __init__(self, redis: Redis, key: Callable[[str], str]) -> None:
         self.key = key
+        self._redis = redis
         self._script = redis.register_script(RATE_SCRIPT)
 
     async def take(self, task_type: str, rate: Rate, n: int, *, force: bool = False) -> tuple[int, float]:
         """Take up to ``n`` tokens (all ``n`` with ``force``; ``n < 0`` gives tokens back): (taken, ms to next)."""
-        taken, wait = await self._script(keys=[self.key(task_type)],
-                                         args=[n, repr(rate.interval_ms), rate.burst, "1" if force else "0"])
-        return int(taken), float(wait)
+        return (await self.take_many([(task_type, rate, n)], force=force))[0]
+
+    async def take_many(self, wants: Sequence[tuple[str, Rate, int]], *,
+                        force: bool = False) -> list[tuple[int, float]]:
+        """:meth:`take` for several types in one round trip (a pipeline when there are more than one)."""
+        calls: list[tuple[list[str], list[str | int]]] = [
+            ([self.key(name)], [n, repr(rate.interval_ms), rate.burst, "1" if force else "0"])
+            for name, rate, n in wants
+        ]
+        if len(calls) == 1:
+            replies = [await self._script(keys=calls[0][0], args=calls[0][1])]
+        else:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    await self._script(keys=keys, args=args, client=pipe)
+                replies = await pipe.execute()
+        return [(int(taken), float(wait)) for taken, wait in replies]
 
 
 class TypeLimits:
@@ -217,7 +232,7 @@ class TypeLimits:
     async def grant(self, types: Iterable[str], want: int) -> dict[str, int]:
         """Take tokens for the rated types of ``types`` (not dry), up to ``want`` each and their cap's room: how
         many tasks of each the caller may claim now. A type granted none is marked dry until its next token."""
-        granted: dict[str, int] = {}
+        wants: list[tuple[str, Rate, int]] = []
         rated = self.rated
         for name in types:
             rate = rated.get(name)
@@ -225,9 +240,12 @@ class TypeLimits:
                 continue
             room = self.room(name)
             n = want if room is None else min(want, room)
-            if n <= 0:
-                continue
-            taken, wait_ms = await self.buckets.take(name, rate, n)
+            if n > 0:
+                wants.append((name, rate, n))
+        if not wants or self.buckets is None:
+            return {}
+        granted: dict[str, int] = {}
+        for (name, _, _), (taken, wait_ms) in zip(wants, await self.buckets.take_many(wants), strict=True):
             if not taken:
                 self.dry(name, wait_ms)
             granted[name] = taken
@@ -236,19 +254,20 @@ class TypeLimits:
     async def give_back(self, unused: Mapping[str, int]) -> None:
         """Return tokens granted but not used (the queue had fewer tasks than tokens)."""
         rated = self.rated
-        for name, n in unused.items():
-            if n > 0 and name in rated and self.buckets is not None:
-                await self.buckets.take(name, rated[name], -n)
+        wants = [(name, rated[name], -n) for name, n in unused.items() if n > 0 and name in rated]
+        if wants and self.buckets is not None:
+            await self.buckets.take_many(wants)
 
     async def charge(self, taken: Mapping[str, int]) -> None:
         """Count tasks taken without tokens (a blocking read hands over what arrives) against their buckets:
         the bucket may go into debt, so later takers wait for it."""
         rated = self.rated
-        for name, n in taken.items():
-            if n > 0 and name in rated and self.buckets is not None:
-                _, wait_ms = await self.buckets.take(name, rated[name], n, force=True)
-                if wait_ms > 0:
-                    self.dry(name, wait_ms)
+        wants = [(name, rated[name], n) for name, n in taken.items() if n > 0 and name in rated]
+        if not wants or self.buckets is None:
+            return
+        for (name, _, _), (_, wait_ms) in zip(wants, await self.buckets.take_many(wants, force=True), strict=True):
+            if wait_ms > 0:
+                self.dry(name, wait_ms)
 
     def slot(self, task_type: str) -> asyncio.Semaphore | None:
         """The semaphore an attempt of a capped type runs under (``None``: the type has no cap)."""

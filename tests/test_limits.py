@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,27 @@ async def test_the_bucket_gives_its_burst_then_one_token_per_interval(hive: Hive
     assert wait_ms == pytest.approx(180_000, abs=50)
     ttl = await hive.broker.redis.pttl(hive.broker.keys.rate("t"))
     assert 0 < ttl <= 5 * 60_000 + 1
+
+
+@pytest.mark.redis
+async def test_several_rated_types_are_granted_charged_and_given_back_together(hive: Hive) -> None:
+    # Given a spore serving two rated types with different bursts, one bucket each
+    limits = TypeLimits({"a": TypeLimit(rate=Rate.parse("1/m", burst=2)), "b": TypeLimit(rate=Rate.parse("1/m")),
+                         "plain": TypeLimit()}, Buckets(hive.broker.redis, hive.broker.keys.rate))
+    # When it asks for 5 of each (one round trip), each bucket gives what it holds
+    assert await limits.grant(["a", "b", "plain"], 5) == {"a": 2, "b": 1}
+    # And a type granted nothing is then left alone until its next token
+    assert await limits.grant(["a", "b"], 5) == {"a": 0, "b": 0}
+    assert limits.blocked({"a", "b", "plain"}) == {"a", "b"}
+    # Tokens given back are taken again, per type
+    await limits.give_back({"a": 1, "b": 1, "plain": 3})
+    limits.dry_until.clear()
+    assert await limits.grant(["a", "b"], 5) == {"a": 1, "b": 1}
+    # A charge past the buckets puts both in debt: each bucket's next free time moves out by what it was charged
+    await limits.charge({"a": 1, "b": 2})
+    for name in ("a", "b"):  # a: 2 granted + 1 charged; b: 1 granted + 2 charged; a minute per token
+        tat_ms = float(await hive.broker.redis.get(hive.broker.keys.rate(name)))
+        assert tat_ms - time.time() * 1000 == pytest.approx(180_000, abs=2_000)
 
 
 # --- spores (real processes) ----------------------------------------------------------------------------------

@@ -178,7 +178,7 @@ class Worker(abc.ABC):
     @property
     @abc.abstractmethod
     def running(self) -> int:
-        """How many attempts run now."""
+        """How many attempts are in flight: running, or saving their outcome (a spore with any is not idle)."""
 
     @abc.abstractmethod
     def in_flight(self) -> list[asyncio.Task[Any]]:
