@@ -29,7 +29,7 @@ def extract_context(headers: object, base: Context | None = None) -> Context:
     entries are skipped and a propagator that raises is logged: wire data can never fail a task.
     """
     start = base if base is not None else Context()
-    if not isinstance(headers, Mapping):
+    if not headers or not isinstance(headers, Mapping):  # nothing to extract: skip the propagators' work
         return start
     carrier = {k: v for k, v in headers.items() if isinstance(k, str) and isinstance(v, str)}
     try:

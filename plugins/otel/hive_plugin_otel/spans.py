@@ -125,9 +125,10 @@ class Attempts:
         """
         key = (task.task_id, task.attempt)
         parent = extract_context(task.headers)
+        common = task_attributes(task)
         if task.attempt <= 1:
-            trace_queue_wait(task, parent)
-        attributes = task_attributes(task) | {
+            trace_queue_wait(task, parent, common)
+        attributes = common | {
             "messaging.operation.type": "process",
             "hive.attempt": task.attempt,
             "hive.max_retries": task.max_retries,
@@ -172,15 +173,17 @@ class Attempts:
             _close(span, "handed_back", None)
 
 
-def trace_queue_wait(task: TaskMessage, parent: Context) -> None:
-    """Record ``hive queue wait <type>`` from enqueue (or the eta of a delayed task) to the first start."""
+def trace_queue_wait(task: TaskMessage, parent: Context, common: dict[str, AttributeValue] | None = None) -> None:
+    """Record ``hive queue wait <type>`` from enqueue (or the eta of a delayed task) to the first start.
+
+    ``common``: the task's :func:`task_attributes` when the caller has them already."""
     if task.started_at is None:
         return
     begin = task.created_at
     if task.eta is not None and task.eta > begin:
         begin = task.eta
     start, end = to_ns(begin), to_ns(task.started_at)
-    attributes = task_attributes(task)
+    attributes = dict(common) if common is not None else task_attributes(task)
     if end < start:  # the enqueuing host's clock is ahead of this one's
         attributes["hive.clock_skew_s"] = (start - end) / 1e9
         end = start
