@@ -27,6 +27,7 @@ from ..embedded import unreachable
 from ..errors import BrokerNotConnected, InvalidTask, WaitTimeout, WireError
 from ..models import NodeInfo, TaskMessage, TaskProgress, TaskStatus, utcnow
 from ..redisutil import awaited, text, texts
+from .batch import Batches
 from .cluster import ClusterMixin
 from .engine import Delivery, Engine, Guard, Previous
 from .placement import UNSERVED, TypeView, unserved_key, unserved_reason
@@ -64,6 +65,7 @@ class MessageBroker(ClusterMixin, RecoveryMixin):
         self._redis = redis
         self._owns_redis = redis is None
         self._type_view: TypeView | None = None
+        self._batches: Batches | None = None
 
     # --- connection ------------------------------------------------------------------------------------
 
@@ -261,7 +263,9 @@ return held
                     waiting.append(message)
                 else:
                     self._dispatch_ops(pipe, message, previous=None)
-            await pipe.execute()
+            if self._batches is None or self._batches.redis is not self.redis:
+                self._batches = Batches(self.redis)
+            await self._batches.execute(pipe)
 
     async def _before_enqueue(self, message: TaskMessage) -> None:
         """Run the ``before_enqueue`` hooks, then drop header entries that are not text to text (with a warning);
