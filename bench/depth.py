@@ -47,10 +47,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -65,7 +63,7 @@ if str(ROOT) not in sys.path:
 from redis.asyncio import Redis as AsyncRedis  # noqa: E402
 
 from bench import support  # noqa: E402
-from bench.support import Namespace, PrivateRedis, Workers, log, pct  # noqa: E402
+from bench.support import Namespace, PrivateRedis, Workers, log, pct, save_result, short_commit  # noqa: E402
 from hive_framework import TaskSpec, TaskStatus  # noqa: E402
 from hive_framework.hive import Hive  # noqa: E402
 from hive_framework.kernel import Kernel  # noqa: E402
@@ -92,16 +90,6 @@ class Sizes:
 
 FULL = Sizes(n_enqueue=2_000, n_drain=10_000, n_claim=200, depth=1_000_000, budget_s=1800.0)
 QUICK = Sizes(n_enqueue=300, n_drain=1_000, n_claim=30, depth=20_000, budget_s=300.0)
-
-
-def short_commit() -> str:
-    """The tree's short commit, ``-dirty`` when it has changes (for the results file name)."""
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        out = ""
-    return out or "nogit"
 
 
 class DepthBench:
@@ -447,10 +435,7 @@ async def main_async(args: argparse.Namespace) -> int:
     grown = growth(res)
     res["table_md"] = md
     res["growth_md"] = grown
-    out_dir = ROOT / "bench" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out_path = out_dir / f"depth-{stamp}-{res['env']['git']}{'-quick' if args.quick else ''}.json"
-    out_path.write_text(json.dumps(res, indent=2) + "\n")
+    out_path = save_result(f"depth-{stamp}{'-quick' if args.quick else ''}", res)
     fill = res["fill"]
     print(f"## depth: empty vs {sizes.depth:,} queued + {sizes.depth:,} finished — {stamp}, "
           f"{res['env']['worker_shape']}, Redis {res['redis_server']}, {os.cpu_count()} CPUs"

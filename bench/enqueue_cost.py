@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.support import PrivateRedis, log  # noqa: E402
+from bench.support import PrivateRedis, log, save_result  # noqa: E402
 from hive_framework import Hive, HiveConfig, Kernel  # noqa: E402
 
 WARMUP = 50
@@ -78,7 +78,7 @@ def measure(url: str, n: int, enqueue: Callable[[int], Any]) -> dict[str, Any]:
         "bytes_in": (used["in"] - idle["in"]) / n,
         "bytes_out": (used["out"] - idle["out"]) / n,
         "memory": used["memory"] / n,
-        "by_command": {name: round(c / n, 2) for name, c in sorted(calls.items()) if c > 0},
+        "by_command": {name: round(c / n, 2) for name, c in sorted(calls.items()) if round(c / n, 2) > 0},
     }
 
 
@@ -176,15 +176,25 @@ def main() -> None:
         admin.close()
     finally:
         private.stop()
+    lines = table(args.n, rows)
+    save_result(f"enqueue-cost-{time.strftime('%Y%m%dT%H%M%S')}", {"n": args.n, "rows": rows, "table_md": lines})
+    print(lines)
+
+
+def table(n: int, rows: dict[str, dict[str, Any]]) -> str:
+    """The figures as a Markdown table, with each system's command count as a ratio to Dramatiq's."""
     base = rows.get("dramatiq")
-    print(f"| per enqueue ({args.n:,} one at a time) | commands | bytes to Redis | bytes from Redis | Redis memory "
-          "per queued job, B | commands (calls per enqueue) |")
-    print("|---|---|---|---|---|---|")
+    out = [
+        f"| per enqueue ({n:,} one at a time) | commands | bytes to Redis | bytes from Redis | Redis memory "
+        "per queued job, B | commands (calls per enqueue) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, row in rows.items():
         ratio = f" ({row['commands'] / base['commands']:.2f}x Dramatiq)" if base and name != "dramatiq" else ""
         detail = ", ".join(f"{cmd} {calls:g}" for cmd, calls in row["by_command"].items())
-        print(f"| {name} | {row['commands']:.2f}{ratio} | {row['bytes_in']:.0f} | {row['bytes_out']:.0f} | "
-              f"{row['memory']:.0f} | {detail} |")
+        out.append(f"| {name} | {row['commands']:.2f}{ratio} | {row['bytes_in']:.0f} | {row['bytes_out']:.0f} | "
+                   f"{row['memory']:.0f} | {detail} |")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

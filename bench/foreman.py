@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import random
@@ -46,7 +45,7 @@ if str(ROOT) not in sys.path:
 from redis.asyncio import Redis as AsyncRedis  # noqa: E402
 
 from bench import support  # noqa: E402
-from bench.support import Namespace, log, pct  # noqa: E402
+from bench.support import Namespace, log, pct, save_result  # noqa: E402
 from hive_framework import (  # noqa: E402
     ForemanAgent,
     HiveConfig,
@@ -318,10 +317,7 @@ def main() -> int:
     args = parser.parse_args()
     report = asyncio.run(amain(args))
     print(table(report))
-    out = ROOT / "bench" / "results" / f"{report['stamp']}-foreman.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    log(f"wrote {out}")
+    save_result(f"foreman-{report['stamp']}", report)
     return 0
 
 

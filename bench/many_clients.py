@@ -55,8 +55,7 @@ import psutil  # noqa: E402
 from redis.asyncio import Redis as AsyncRedis  # noqa: E402
 
 from bench import support  # noqa: E402
-from bench.depth import short_commit  # noqa: E402
-from bench.support import Namespace, PrivateRedis, Workers, log, pct  # noqa: E402
+from bench.support import Namespace, PrivateRedis, Workers, log, pct, save_result, short_commit  # noqa: E402
 from hive_framework import HiveConfig  # noqa: E402
 from hive_framework.hive import Hive  # noqa: E402
 from hive_framework.kernel import Kernel  # noqa: E402
@@ -399,10 +398,7 @@ async def main_async(args: argparse.Namespace) -> int:
                   "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]}
     md = table(res)
     res["table_md"] = md
-    out_dir = ROOT / "bench" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out_path = out_dir / f"many-clients-{stamp}-{res['env']['git']}{'-quick' if args.quick else ''}.json"
-    out_path.write_text(json.dumps(res, indent=2) + "\n")
+    out_path = save_result(f"many-clients-{stamp}{'-quick' if args.quick else ''}", res)
     print(f"## many clients: {args.spores} worker processes x {args.slots} slots, {args.clients} client processes "
           f"— {stamp}{' (quick)' if args.quick else ''}, Redis {res['redis_server']}, {os.cpu_count()} CPUs, "
           f"dramatiq {dram_version or 'not installed'}\n")

@@ -38,7 +38,6 @@ import asyncio
 import functools
 import importlib.metadata
 import itertools
-import json
 import os
 import platform
 import shutil
@@ -62,7 +61,7 @@ from redis.asyncio import Redis as AsyncRedis  # noqa: E402
 import hive_framework  # noqa: E402
 from bench import support  # noqa: E402
 from bench.jobs import SLEEP_S  # noqa: E402
-from bench.support import Namespace, Workers, log, pct  # noqa: E402
+from bench.support import Namespace, Workers, log, pct, save_result  # noqa: E402
 from hive_framework import TaskSpec  # noqa: E402
 from hive_framework.hive import Hive  # noqa: E402
 from hive_framework.kernel import Kernel  # noqa: E402
@@ -702,10 +701,7 @@ async def main_async(args: argparse.Namespace) -> int:
     res["env"]["loadavg_at_start"] = [round(x, 2) for x in load]
     md = tables(res, sizes)
     res["table_md"] = md
-    out_dir = ROOT / "bench" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out_path = out_dir / f"{stamp}{'-quick' if args.quick else ''}.json"
-    out_path.write_text(json.dumps(res, indent=2) + "\n")
+    out_path = save_result(f"run-{stamp}{'-quick' if args.quick else ''}", res)
     env = res["env"]
     print(f"## hive {hive_framework.__version__} ({', '.join(hive_key(b) for b in args.brokers)}) vs arq "
           f"{arq.VERSION} — {stamp}{' (quick)' if args.quick else ''}, {env['worker_shape']}, "

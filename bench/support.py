@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -37,6 +38,29 @@ def pct(values: Sequence[float], q: float) -> float:
 def log(message: str) -> None:
     """Progress goes to stderr; stdout is kept for the table."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+#: Where benchmarks write their figures (committed: each file names the commit it measured).
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def short_commit() -> str:
+    """The tree's short commit, ``-dirty`` when it has changes (for the results file name)."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=RESULTS.parent, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    return out or "nogit"
+
+
+def save_result(name: str, data: Any) -> Path:
+    """Write ``data`` as ``bench/results/<name>-<commit>.json`` and return the path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}-{short_commit()}.json"
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    log(f"wrote {path}")
+    return path
 
 
 def free_port() -> int:
