@@ -20,7 +20,7 @@
 Without ``--redis-url`` a private ``redis-server`` is started on a free port in a temp dir and stopped by
 its pid. With ``--redis-url`` everything lives under a unique ``bench:<stamp>:*`` namespace, deleted at the
 end (nothing is flushed). Progress goes to stderr, the table to stdout, JSON to
-bench/results/<stamp>-foreman.json.
+bench/results/foreman-<stamp>-<commit>.json.
 """
 
 from __future__ import annotations
