@@ -15,8 +15,6 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import NoScriptError
-
 from ...broker.engine import Delivery, Engine, Guard, Previous, TaskRunner, fenced, guard_parts
 from ...broker.records import Command, status_commands
 from ...models import HIGH_PRIORITY_LEVEL, TaskMessage, TaskStatus
@@ -207,13 +205,19 @@ class StreamsEngine(Engine):
 
     async def _flush(self, batch: list[tuple[tuple[list[str], list[Any]], asyncio.Future[Any]]]) -> None:
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            # One script call for the whole batch: one reply to read, not one per task.
+            if len(batch) == 1:
+                (keys, argv), _ = batch[0]
+                replies: list[Any] = [await scripts.GUARDED(self.redis, keys, argv)]
+            else:
+                all_keys: list[str] = []
+                all_argv: list[Any] = [len(batch)]
                 for (keys, argv), _ in batch:
-                    scripts.GUARDED.queue_sha(pipe, keys, argv)
-                replies = await pipe.execute(raise_on_error=False)
-            for ((keys, argv), future), reply in zip(batch, replies, strict=True):
-                if isinstance(reply, NoScriptError):
-                    reply = await scripts.GUARDED(self.redis, keys, argv)
+                    all_keys += keys
+                    all_argv += [len(argv), *argv]
+                replies = await scripts.GUARDED_BATCH(self.redis, all_keys, all_argv)
+                replies = [False if reply == 0 else reply for reply in replies]
+            for (_, future), reply in zip(batch, replies, strict=True):
                 if future.done():
                     continue
                 if isinstance(reply, Exception):

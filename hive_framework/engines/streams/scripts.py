@@ -47,8 +47,34 @@ def _load(name: str) -> LuaScript:
     return LuaScript(name, files(__package__).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8"))
 
 
+#: Several guarded saves in one call (tasks finishing together): guarded.lua as a function, called once per
+#: item under pcall so that one item's error fails that item only, as in a pipeline. KEYS: each item's two
+#: keys in turn; ARGV[1] the item count, then per item its ARGV count and its ARGV. Returns one reply per
+#: item: guarded.lua's (0 for its false), or an error reply.
+_GUARDED_BATCH = """
+local function guarded(KEYS, ARGV)
+%s
+end
+local out = {}
+local i = 2
+for item = 1, tonumber(ARGV[1]) do
+  local argc = tonumber(ARGV[i])
+  local ok, reply = pcall(guarded, {KEYS[2 * item - 1], KEYS[2 * item]}, {unpack(ARGV, i + 1, i + argc)})
+  i = i + argc + 1
+  if not ok then
+    out[item] = {err = type(reply) == 'table' and reply.err or tostring(reply)}
+  elseif reply == false then
+    out[item] = 0
+  else
+    out[item] = reply
+  end
+end
+return out
+"""
+
 CLAIM = _load("claim")
 GUARDED = _load("guarded")
+GUARDED_BATCH = LuaScript("guarded_batch", _GUARDED_BATCH % GUARDED.source)
 DUE_RETRIES = _load("due_retries")
 ADD = _load("add")
 DROP = _load("drop")
