@@ -495,17 +495,22 @@ class Spore:
     async def _counters_loop(self) -> None:
         """Add the task counts of the last second to the cluster-wide counters (nothing is sent when there are
         none); while Redis is away the counts wait in memory, and are sent once it answers."""
+        failing = False
         while True:
             raise_if_cancelling()
             await asyncio.sleep(COUNTERS_FLUSH_S)
             try:
                 if await self._flush_counters():
                     self.link.back()
+                    if failing:
+                        self.log.info("writing the task counters works again")
+                    failing = False
             except Exception as exc:
                 if is_outage(exc):
                     self.link.lost(exc, "counters")
-                else:
-                    self.log.warning("writing the task counters failed: %s", exc)
+                elif not failing:  # once per run of failures, not once a second
+                    self.log.warning("writing the task counters failed (kept, tried again each second): %s", exc)
+                    failing = True
 
     async def _flush_counters_on_exit(self) -> None:
         """Send what the last second counted before the spore goes (the running tasks have ended by now)."""
