@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""What the life-cycle hooks cost per task: with no implementation, and with one trivial one (issue 20).
+"""What the life-cycle hooks cost per task: with no implementation, with the built-in ``counters`` plugin (the
+default), and with one trivial one besides (issue 20).
 
     python bench/hooks_cost.py [--tasks 20000] [--reps 2] [--redis-url URL]
 
 1. Dispatch, in-process: the spore's per-attempt hook calls (``before_task`` then ``after_task``, as
-   ``AttemptRunner.run`` makes them) timed alone, in microseconds of CPU per task.
+   ``AttemptRunner.run`` makes them, for a completed task) timed alone, in microseconds of CPU per task.
 2. Drain: ``--tasks`` no-op tasks (``bench.noop``) queued, then drained by 2 spore processes of 50 slots,
-   without and with ``bench.hooks_trivial`` loaded, in the order none, one, one, none... so that drift
-   cancels; jobs/s from the first task seen to the last, and the spores' CPU per task.
+   with ``counters`` disabled (no implementation), as by default, and with ``bench.hooks_trivial`` loaded
+   too, in the order none, default, one, one, default, none... so that drift cancels; jobs/s from the first
+   task seen to the last, and the spores' CPU per task.
 
 Without ``--redis-url`` a private ``redis-server`` is started on a free port and stopped by its pid; with
 one, every key lives under ``bench:<stamp>:*`` and is deleted at the end (nothing is flushed).
@@ -21,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +35,22 @@ from redis.asyncio import Redis as AsyncRedis  # noqa: E402
 
 from bench import hooks_trivial, support  # noqa: E402
 from bench.support import Namespace, PrivateRedis, Workers, log  # noqa: E402
-from hive_framework import HiveConfig, Kernel, TaskMessage, TaskSpec  # noqa: E402
+from hive_framework import HiveConfig, Kernel, TaskMessage, TaskSpec, TaskStatus  # noqa: E402
 from hive_framework.hive import Hive  # noqa: E402
 
 PROCS = 2
+COUNTERS = "counters"
+LABELS = ("no implementation (HIVE_DISABLE_PLUGINS=counters)", "default: the counters plugin",
+          "counters + one trivial implementation")
 CONCURRENCY = 50
 DISPATCH_TASKS = 200_000
 
 
 async def dispatch_us(kernel: Kernel) -> float:
     """CPU microseconds per task of the two hook calls every successful attempt makes."""
-    message = TaskMessage(task_id="0" * 32, task_type="bench.noop")
+    started = datetime.now(UTC)
+    message = TaskMessage(task_id="0" * 32, task_type="bench.noop", status=TaskStatus.COMPLETED, attempt=1,
+                          started_at=started, completed_at=started + timedelta(milliseconds=3))
     hooks = kernel.lifecycle
     started = time.process_time()
     for _ in range(DISPATCH_TASKS):
@@ -95,30 +103,32 @@ async def drain(url: str, ns: Namespace, config: HiveConfig, n: int, apps: list[
 
 async def main_async(args: argparse.Namespace) -> None:
     quiet = HiveConfig.load(environ={}, env_file="/dev/null", toml_file=None)
-    none = await dispatch_us(Kernel(quiet, load_entry_points=False))
+    bare = quiet.evolve(disable_plugins=(COUNTERS,))
+    none = await dispatch_us(Kernel(bare, load_entry_points=False))
+    default = await dispatch_us(Kernel(quiet, load_entry_points=False))
     one = await dispatch_us(Kernel(quiet, plugins=[hooks_trivial], load_entry_points=False))
     print("| hook dispatch per task (before_task + after_task) | CPU µs |")
     print("|---|---|")
-    print(f"| no implementation | {none:.3f} |")
-    print(f"| one trivial implementation | {one:.3f} |")
+    for label, value in zip(LABELS, (none, default, one), strict=True):
+        print(f"| {label} | {value:.3f} |")
     print()
 
     private = None if args.redis_url else PrivateRedis()
     url = args.redis_url or private.url  # type: ignore[union-attr]
     ns = Namespace(time.strftime("%Y%m%d-%H%M%S"))
-    runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    runs: dict[int, list[dict[str, Any]]] = {0: [], 1: [], 2: []}
     try:
         with tempfile.TemporaryDirectory(prefix="hive-bench-hooks-") as tmp:
-            order = [False, True, True, False] * args.reps
-            for index, hooked in enumerate(order):
+            order = [0, 1, 2, 2, 1, 0] * args.reps
+            for index, arm in enumerate(order):
                 config = ns.hive_config(url, CONCURRENCY).evolve(key_prefix=f"{ns.root}:r{index}",
                                                                   high_priority_queue=f"{ns.root}:r{index}:q:high",
                                                                   background_queue=f"{ns.root}:r{index}:q:bg",
                                                                   broadcast_channel=f"{ns.root}:r{index}:bc")
-                label = "one trivial implementation" if hooked else "no implementation"
-                log(f"drain {index + 1}/{len(order)}: {args.tasks} tasks, {label}")
-                apps = ["bench.hooks_trivial"] if hooked else []
-                runs[hooked].append(await drain(url, ns, config, args.tasks, apps, Path(tmp), f"r{index}"))
+                log(f"drain {index + 1}/{len(order)}: {args.tasks} tasks, {LABELS[arm]}")
+                apps = ["bench.hooks_trivial"] if arm == 2 else []
+                env = {"HIVE_DISABLE_PLUGINS": COUNTERS} if arm == 0 else {}
+                runs[arm].append(await drain(url, ns, config, args.tasks, apps, Path(tmp), f"r{index}", env))
     finally:
         if private is not None:
             private.stop()
@@ -129,19 +139,19 @@ async def main_async(args: argparse.Namespace) -> None:
                 await client.delete(*keys[lo : lo + 1000])
             await client.aclose()
 
-    def mean(hooked: bool, key: str) -> float:
-        return statistics.mean(r[key] for r in runs[hooked])
+    def mean(arm: int, key: str) -> float:
+        return statistics.mean(r[key] for r in runs[arm])
 
-    base, hooked = mean(False, "jobs_per_s"), mean(True, "jobs_per_s")
-    print(f"| drain of {args.tasks:,} no-ops, {PROCS} spores x {CONCURRENCY} | jobs/s (mean of {len(runs[False])}) "
+    print(f"| drain of {args.tasks:,} no-ops, {PROCS} spores x {CONCURRENCY} | jobs/s (mean of {len(runs[0])}) "
           "| spore CPU µs / task |")
     print("|---|---|---|")
-    print(f"| no implementation | {base:,.0f} | {mean(False, 'cpu_us_per_task'):.0f} |")
-    print(f"| one trivial implementation | {hooked:,.0f} | {mean(True, 'cpu_us_per_task'):.0f} |")
+    for arm, label in enumerate(LABELS):
+        print(f"| {label} | {mean(arm, 'jobs_per_s'):,.0f} | {mean(arm, 'cpu_us_per_task'):.0f} |")
     print()
-    print(f"drain ratio one/no implementation: {hooked / base:.3f}; "
-          f"dispatch with no implementation: {none:.3f} µs per task, "
-          f"{none / mean(False, 'cpu_us_per_task') * 100:.2f} % of the spore CPU per task")
+    base = mean(0, "jobs_per_s")
+    print(f"drain ratio counters/no implementation: {mean(1, 'jobs_per_s') / base:.3f}, one trivial more/no "
+          f"implementation: {mean(2, 'jobs_per_s') / base:.3f}; dispatch with counters: {default:.3f} µs per task, "
+          f"{default / mean(1, 'cpu_us_per_task') * 100:.2f} % of the spore CPU per task")
 
 
 def main() -> None:

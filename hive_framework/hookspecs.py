@@ -159,7 +159,8 @@ def before_task(task: TaskMessage, node_id: str) -> Awaitable[None] | None:
 
 @hookspec
 def after_task(task: TaskMessage, result: Any, node_id: str) -> Awaitable[None] | None:
-    """An attempt of ``task`` completed and its result was recorded (or dropped: the task was cancelled meanwhile).
+    """An attempt of ``task`` completed and its result was recorded (or dropped: the task was cancelled meanwhile,
+    and ``task.status`` is then cancelled).
 
     :param task: the task, status completed (``task.completed_at`` and ``task.started_at`` time the attempt).
     :param result: the handler's result.
@@ -189,7 +190,7 @@ def on_task_failure(task: TaskMessage, error: str, exception: BaseException | No
 
     Also called, with ``exception`` ``None`` and no ``before_task`` before it, for a task the spore
     fails at once because the spores that ran it before kept dying; and when a cancellation won over
-    a failed attempt that would have retried (then ``task.status`` is still ``retrying``).
+    the failed attempt (then ``task.status`` is ``cancelled``: the failure was dropped).
 
     :param task: the task as this spore recorded it, status failed.
     :param error: the error as recorded.

@@ -123,6 +123,17 @@ class Keys:
         return f"{self.prefix}:dead:records:at"
 
     @property
+    def counters(self) -> str:
+        """Hash of the cluster-wide task counters (:mod:`hive_framework.counters`) the Monitor's ``/metrics`` shows."""
+        return f"{self.prefix}:counters"
+
+    @property
+    def counters_flushed(self) -> str:
+        """Prefix of each spore process's mark of the last counter batch it added (``{this}:<process>``), so a
+        batch sent again after a lost reply is added once."""
+        return f"{self.prefix}:counters:flushed"
+
+    @property
     def nexus_leader(self) -> str:
         """Lease held by the nexus whose watchdog acts (one at a time)."""
         return f"{self.prefix}:nexus:leader"

@@ -22,6 +22,7 @@ ENTRY_POINT_GROUP = "hive_framework.plugins"
 
 #: Built-in plugins (``module`` or ``module:object``), registered through the same ``pm.register`` as
 #: third-party ones. The two engines are chosen by ``HIVE_BROKER``, the three balancers by ``HIVE_BALANCER``.
+#: An object that is a class is instantiated once per plugin manager (its state belongs to one kernel).
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("tasks", "hive_framework.default_plugins.tasks"),
     ("streams", "hive_framework.default_plugins.streams"),
@@ -31,6 +32,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("round_robin", "hive_framework.default_plugins.balancers:round_robin_balancer"),
     ("mapreduce", "hive_framework.default_plugins.reducers"),
     ("control", "hive_framework.default_plugins.control"),
+    ("counters", "hive_framework.default_plugins.counters:TaskCounters"),
 )
 #: Plugins without which nothing works; ``HIVE_DISABLE_PLUGINS`` cannot block them.
 ESSENTIAL_PLUGINS = frozenset({"tasks"})
@@ -53,7 +55,8 @@ def make_plugin_manager(config: HiveConfig, *, load_entry_points: bool = True) -
         if not pm.is_blocked(name):
             module_path, _, attr = path.partition(":")
             module = importlib.import_module(module_path)
-            pm.register(getattr(module, attr) if attr else module, name=name)
+            plugin = getattr(module, attr) if attr else module
+            pm.register(plugin() if isinstance(plugin, type) else plugin, name=name)
     if load_entry_points:
         _load_entry_points(pm, config)
     check_plugins(pm)

@@ -31,6 +31,7 @@ from . import __version__, wire
 from .broker import AttemptRunner, MessageBroker, Worker
 from .broker.placement import advertise, advertised_options
 from .broker.poison import digest, quarantine
+from .counters import Tally
 from .errors import FatalCondition, UnknownTaskType, WireError
 from .isolation import ProcessPool
 from .kernel import Kernel
@@ -75,6 +76,9 @@ class HandlerPool(ThreadPoolExecutor):
 
         return super().submit(counted)
 
+
+#: Seconds between two writes of a spore's task counts to the cluster-wide counters (issue 20).
+COUNTERS_FLUSH_S = 1.0
 
 #: A broadcast handler's answer starting with one of these makes the spore's reply ``ok: false``.
 REFUSALS = ("rejected:", "failed:", "error:")
@@ -205,6 +209,7 @@ class Spore:
             asyncio.create_task(self._keep("hive-heartbeat", self._heartbeat_loop), name="hive-heartbeat"),
             asyncio.create_task(self._keep("hive-lease", self._lease_loop), name="hive-lease"),
             asyncio.create_task(self._keep("hive-broadcast", listen), name="hive-broadcast"),
+            asyncio.create_task(self._keep("hive-counters", self._counters_loop), name="hive-counters"),
         ]
         self.log.info(
             "spore %s ready: %d slots, queues %s, task types %s",
@@ -289,6 +294,7 @@ class Spore:
         if pubsub is not None:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
+        await self._flush_counters_on_exit()
         await self._leave_cluster()
         with contextlib.suppress(Exception):
             await worker.close()
@@ -473,6 +479,45 @@ class Spore:
                     self.link.lost(exc, "lease")
                 else:
                     self.log.warning("lease refresh failed: %s", exc)
+
+    @property
+    def tally(self) -> Tally | None:
+        """The task counts the ``counters`` default plugin keeps in memory (``None`` when it is disabled)."""
+        return getattr(self.kernel.pm.get_plugin("counters"), "tally", None)
+
+    async def _flush_counters(self) -> int:
+        tally = self.tally
+        if tally is None:
+            return 0
+        keys = self.kernel.keys
+        return await tally.flush(self.broker.redis, keys.counters, keys.counters_flushed)
+
+    async def _counters_loop(self) -> None:
+        """Add the task counts of the last second to the cluster-wide counters (nothing is sent when there are
+        none); while Redis is away the counts wait in memory, and are sent once it answers."""
+        failing = False
+        while True:
+            raise_if_cancelling()
+            await asyncio.sleep(COUNTERS_FLUSH_S)
+            try:
+                if await self._flush_counters():
+                    self.link.back()
+                    if failing:
+                        self.log.info("writing the task counters works again")
+                    failing = False
+            except Exception as exc:
+                if is_outage(exc):
+                    self.link.lost(exc, "counters")
+                elif not failing:  # once per run of failures, not once a second
+                    self.log.warning("writing the task counters failed (kept, tried again each second): %s", exc)
+                    failing = True
+
+    async def _flush_counters_on_exit(self) -> None:
+        """Send what the last second counted before the spore goes (the running tasks have ended by now)."""
+        await try_twice(self._flush_counters, "write the task counters", self.log)
+        tally = self.tally
+        if tally is not None and tally.unwritten:
+            self.log.warning("%d task counter field(s) could not be written and are lost", tally.unwritten)
 
     async def _listen(self, pubsub: Any | None) -> None:
         """Obey broadcasts. Reads with a timeout (never a socket read without one), so a dead connection

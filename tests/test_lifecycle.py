@@ -140,7 +140,11 @@ def test_a_kernel_refuses_a_wrapper_on_a_life_cycle_hook() -> None:
 
 
 def test_life_cycle_hooks_nobody_implements_are_noted_as_empty() -> None:
-    kernel = Kernel(fast_config(NOWHERE), load_entry_points=False)
+    # By default only the counters plugin implements life-cycle hooks, the three that close an attempt
+    default = Kernel(fast_config(NOWHERE), load_entry_points=False)
+    assert {h: [i.plugin_name for i in impls] for h, impls in default.lifecycle.items() if impls} == {
+        "after_task": ["counters"], "on_retry": ["counters"], "on_task_failure": ["counters"]}
+    kernel = Kernel(fast_config(NOWHERE).evolve(disable_plugins=("counters",)), load_entry_points=False)
     assert kernel.lifecycle == {h: () for h in kernel.lifecycle} and len(kernel.lifecycle) == 5
 
     class Late:

@@ -112,8 +112,15 @@ async def test_metrics_report_each_node_cpu_memory_and_retries(hive, run_spore, 
     task_id = await hive.submit("flaky", {"failures": 1})
     assert (await hive.wait(task_id, timeout=20)).status == TaskStatus.COMPLETED
 
-    # When /metrics is read
-    found = samples((await client.get("/metrics")).text)
+    # When /metrics is read, once the spore has added its counts (about once a second)
+    retried = ("hive_task_retries_total", (("task_type", "flaky"),))
+    found: dict[Any, float] = {}
+
+    async def counted() -> bool:
+        found.update(samples((await client.get("/metrics")).text))
+        return retried in found
+
+    await async_wait_until(counted, timeout=10)
 
     # Then it has the node's CPU and memory, that it is up, and the retry
     assert ("hive_node_cpu_percent", (("node", "metrics-node"),)) in found

@@ -202,8 +202,11 @@ class AttemptRunner:
             message.result = result
             message.error = None
             message.completed_at = utcnow()
-            await self._record(message, delivery, attempt)
-            if hooks["after_task"] and not attempt.fenced:
+            if not await self._record(message, delivery, attempt):
+                if attempt.fenced:
+                    return None
+                message.status = TaskStatus.CANCELLED  # the hooks see the task as it is recorded
+            if hooks["after_task"]:
                 await kernel.run_lifecycle("after_task", task=message, result=result, node_id=self.node_id)
             return None
         attempt.ran()
@@ -220,13 +223,16 @@ class AttemptRunner:
                 return delay
             if attempt.fenced:
                 return None  # a newer attempt owns the task: its outcome, not this one, is the task's
+            message.status = TaskStatus.CANCELLED  # a cancellation won over the retry
         else:
             message.status = TaskStatus.FAILED
             message.completed_at = utcnow()
-            await self._record(message, delivery, attempt)
+            saved = await self._record(message, delivery, attempt)
             if attempt.fenced:
                 return None
             self.log.warning("task %s failed after %d attempt(s): %s", message.task_id, message.attempt, error)
+            if not saved:
+                message.status = TaskStatus.CANCELLED  # a cancellation won over the failure
         if hooks["on_task_failure"]:
             await kernel.run_lifecycle("on_task_failure", task=message, error=error, exception=failure,
                                        node_id=self.node_id)

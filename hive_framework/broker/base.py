@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import wire
 from ..connection import confirm_durable, redis_client
+from ..counters import final_deltas
 from ..embedded import unreachable
 from ..errors import BrokerNotConnected, InvalidTask, WaitTimeout, WireError
 from ..models import NodeInfo, TaskMessage, TaskProgress, TaskStatus, utcnow
@@ -403,7 +404,12 @@ return held
             await pipe.execute()
 
     def _status_ops(self, pipe: Pipeline, message: TaskMessage, previous: Previous = "unknown") -> None:
+        """Queue the status write of ``message``; one made final here (not by a spore's attempt, whose hooks
+        count it) is counted in the same transaction."""
         add_to_pipeline(pipe, status_commands(self.keys, self.config, message, previous))
+        if message.is_terminal:
+            for field, amount in final_deltas(message):
+                pipe.hincrby(self.keys.counters, field, amount)
 
     # --- task state ------------------------------------------------------------------------------------
 

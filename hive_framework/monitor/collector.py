@@ -384,7 +384,7 @@ class Monitor:
     # --- the live loop ----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the loop (idempotent): it samples depths and task durations always, snapshots while watched."""
+        """Start the loop (idempotent): it samples depths always, snapshots while watched."""
         if self._task is None and not self.closed:
             self._task = asyncio.create_task(self._run(), name="hive-monitor")
 
@@ -421,8 +421,7 @@ class Monitor:
             self._wake.clear()
 
     async def tick(self, *, full: bool) -> None:
-        """One pass: task durations into the metrics, and a snapshot for the pages (``full``) or a depth sample."""
-        await self.metrics.observe_finished()
+        """One pass: a snapshot for the pages (``full``), else a depth sample."""
         if full:
             snap = await self.snapshot()
             self._publish(json.dumps(snap, separators=(",", ":"), default=str))

@@ -1,36 +1,38 @@
 """Prometheus metrics for the Hive Monitor's ``/metrics``.
 
-Gauges (queue depths, tasks by status, zombies, dead letters, nodes' CPU and memory) are read from Redis at
-scrape time, so every nexus reports the same cluster. Counters and the duration histogram are this monitor's
-own: it follows the status indexes (scored by time) and observes each task once as it reaches a final
-status, whichever spore ran it. Like any Prometheus counter they start at zero when the process starts.
+Everything is read from Redis at scrape time, so every nexus reports the same cluster: gauges (queue depths,
+tasks by status, zombies, dead letters, nodes' CPU and memory) from the keys the hive keeps, and the task
+counters and duration histogram from the cluster-wide counters hash (:mod:`hive_framework.counters`), which
+the spores' ``counters`` plugin and the broker add to; they survive a Monitor restart.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import logging
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .. import redisutil
 from ..backlog import autoscale_families, backlog_families, read_backlog
+from ..counters import DURATION_BUCKETS, parse_counters
 from ..models import TaskStatus
-from ..redisutil import text
+from ..redisutil import awaited
 
 if TYPE_CHECKING:
     from ..broker import MessageBroker
 
-#: Final statuses whose tasks the counters and the histogram follow.
-FINAL = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
-#: Seconds the monitor looks back behind the newest finish it saw, for writes from slower clocks.
-OVERLAP_S = 5.0
-#: Most new finishes read per status and pass.
-BATCH = 5000
-DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, float("inf"))
+logger = logging.getLogger(__name__)
+
+#: The ``le`` labels of the duration buckets, as prometheus_client writes them (``0.01`` ... ``1800.0``, ``+Inf``).
+_LE = tuple("+Inf" if math.isinf(b) else repr(float(b)) for b in DURATION_BUCKETS)
+#: Most unreadable counter fields named in one warning.
+_NAMED = 5
 
 
 class MetricsSource(Protocol):
@@ -52,7 +54,7 @@ class MetricsSource(Protocol):
 
 
 class _Families(Collector):
-    """Hands the registry the gauge families computed by the last :meth:`MonitorMetrics.render`."""
+    """Hands the registry the families read by the last :meth:`MonitorMetrics.render`."""
 
     def __init__(self, owner: MonitorMetrics) -> None:
         self.owner = owner
@@ -67,76 +69,48 @@ class MonitorMetrics:
     def __init__(self, monitor: MetricsSource) -> None:
         self.monitor = monitor
         self.registry = CollectorRegistry(auto_describe=False)
-        self.duration = Histogram(
-            "hive_task_duration_seconds",
-            "Run time of the last attempt of tasks seen finishing (started to finished), seconds.",
-            ["task_type", "status"],
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
-        )
-        self.finished = Counter(
-            "hive_tasks_finished", "Tasks seen reaching a final status.", ["status"], registry=self.registry
-        )
-        self.retries = Counter(
-            "hive_task_retries",
-            "Retries (attempts after the first) of the tasks seen finishing.",
-            ["task_type"],
-            registry=self.registry,
-        )
         self.families: list[Metric] = []
         self.registry.register(_Families(self))
-        self._cursor = time.time()
-        self._seen: dict[tuple[str, str, float], float] = {}
         self._lock = asyncio.Lock()
-
-    async def observe_finished(self) -> int:
-        """Count and time the tasks that reached a final status since the last pass; returns how many."""
-        async with self._lock:
-            return await self._observe()
-
-    async def _observe(self) -> int:
-        broker = self.monitor.broker
-        low = self._cursor - OVERLAP_S
-        per_status: dict[TaskStatus, int] = {}
-        for _, status, _ in self._seen:
-            per_status[TaskStatus(status)] = per_status.get(TaskStatus(status), 0) + 1
-        async with broker.redis.pipeline(transaction=False) as pipe:
-            for status in FINAL:
-                pipe.zrangebyscore(
-                    broker.keys.status_index(status), f"({low}", "+inf",
-                    start=0, num=per_status.get(status, 0) + BATCH, withscores=True,
-                )
-            results = await pipe.execute()
-        fresh: list[tuple[str, str, float]] = []
-        for status, entries in zip(FINAL, results, strict=True):
-            for raw_id, score in entries:
-                key = (text(raw_id), status.value, float(score))
-                if key not in self._seen:
-                    fresh.append(key)
-        if not fresh:
-            return 0
-        messages = await broker.get_tasks([task_id for task_id, _, _ in fresh])
-        for (task_id, status, score), message in zip(fresh, messages, strict=True):
-            self._seen[(task_id, status, score)] = score
-            self._cursor = max(self._cursor, score)
-            if message is None or message.status.value != status:
-                continue  # expired or moved on (retried) since: its next finish will count
-            self.finished.labels(status=status).inc()
-            if message.attempt > 1:
-                self.retries.labels(task_type=message.task_type).inc(message.attempt - 1)
-            if message.started_at is not None and message.completed_at is not None and status != "cancelled":
-                seconds = max((message.completed_at - message.started_at).total_seconds(), 0.0)
-                self.duration.labels(task_type=message.task_type, status=status).observe(seconds)
-        horizon = self._cursor - 2 * OVERLAP_S
-        self._seen = {k: s for k, s in self._seen.items() if s > horizon}
-        return len(fresh)
+        #: Unreadable counter fields already logged (each is logged once per process, not once per scrape).
+        self._reported: set[str] = set()
 
     async def render(self) -> bytes:
-        """The Prometheus text exposition: this monitor's counters plus gauges read from Redis now."""
+        """The Prometheus text exposition: the cluster-wide counters and the gauges, read from Redis now."""
         async with self._lock:
-            await self._observe()
-            self.families = await self._gauges()
+            self.families = [*await self._counters(), *await self._gauges()]
             return generate_latest(self.registry)
+
+    async def _counters(self) -> list[Metric]:
+        broker = self.monitor.broker
+        raw = redisutil.fields(await awaited(broker.redis.hgetall(broker.keys.counters)))
+        counters, skipped = parse_counters(raw)
+        fresh = [f for f in skipped if f not in self._reported]
+        if fresh:
+            self._reported.update(fresh)
+            logger.warning("monitor: skipping %d unreadable field(s) of %s: %s", len(fresh), broker.keys.counters,
+                           ", ".join(repr(f) for f in fresh[:_NAMED]) + (" ..." if len(fresh) > _NAMED else ""))
+        finished = CounterMetricFamily("hive_tasks_finished", "Tasks that reached a final status, hive-wide.",
+                                       labels=["status"])
+        for status, count in sorted(counters.finished.items()):
+            finished.add_metric([status], count)
+        retries = CounterMetricFamily("hive_task_retries", "Retries: failed attempts scheduled to run again.",
+                                      labels=["task_type"])
+        for task_type, count in sorted(counters.retries.items()):
+            retries.add_metric([task_type], count)
+        duration = HistogramMetricFamily(
+            "hive_task_duration_seconds",
+            "Run time of the last attempt of tasks that finished (started to finished), seconds.",
+            labels=["task_type", "status"],
+        )
+        for (task_type, status), counts in sorted(counters.buckets.items()):
+            cumulative, running = [], 0
+            for le, count in zip(_LE, counts, strict=True):
+                running += count
+                cumulative.append((le, running))
+            duration.add_metric([task_type, status], cumulative,
+                                sum_value=counters.sums_us.get((task_type, status), 0) / 1e6)
+        return [finished, retries, duration]
 
     async def _gauges(self) -> list[Metric]:
         monitor = self.monitor
