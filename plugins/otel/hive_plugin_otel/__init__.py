@@ -17,7 +17,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from hive_framework import HiveConfig, TaskMessage, hookimpl
+from hive_framework import HiveConfig, TaskMessage, TaskStatus, hookimpl
 
 from .propagation import extract_context, inject_context
 from .spans import MAX_OPEN_ATTEMPTS, SCOPE, Attempts, trace_enqueue, trace_failure_without_run
@@ -50,8 +50,8 @@ def before_task(task: TaskMessage, node_id: str) -> None:
 
 @hookimpl
 def after_task(task: TaskMessage, result: Any, node_id: str) -> None:
-    """The attempt completed: end its run span."""
-    attempts.end(task, "completed", None)
+    """The attempt completed: end its run span (outcome ``cancelled`` when a cancellation won over the result)."""
+    attempts.end(task, "cancelled" if task.status is TaskStatus.CANCELLED else "completed", None)
 
 
 @hookimpl
@@ -62,6 +62,8 @@ def on_retry(task: TaskMessage, error: str, exception: BaseException | None, del
 
 @hookimpl
 def on_task_failure(task: TaskMessage, error: str, exception: BaseException | None, node_id: str) -> None:
-    """The task failed for good: end the run span as ERROR (or record one, when nothing ran here)."""
-    if attempts.end(task, "failed", (error, exception)) is None:
+    """The task failed for good: end the run span as ERROR (or record one, when nothing ran here). A failed
+    attempt over which a cancellation won is still ERROR, with outcome ``cancelled``."""
+    outcome = "cancelled" if task.status is TaskStatus.CANCELLED else "failed"
+    if attempts.end(task, outcome, (error, exception)) is None:
         trace_failure_without_run(task, node_id, error)

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from hive_framework import Kernel, TaskMessage
+from hive_framework import Kernel, TaskMessage, TaskStatus
 from hive_framework.models import utcnow
 from hive_framework.testing import async_wait_until, fast_config
 from opentelemetry import trace
@@ -148,6 +148,23 @@ async def test_a_retry_and_a_failure_are_errors_with_the_exception(spans: InMemo
     assert [e.attributes["exception.message"] for e in failed.events] == ["disk"]  # type: ignore[index]
     assert len(named(spans, "hive queue wait resize")) == 1  # the first attempt's only
     assert len(attempts) == 0
+
+
+async def test_an_attempt_a_cancellation_won_over_ends_as_cancelled(spans: InMemorySpanExporter) -> None:
+    # The spore's hooks see the task as recorded: cancelled when the cancel landed before the outcome
+    hive = kernel()
+    done, failed = message("done", status=TaskStatus.CANCELLED), message("failed", status=TaskStatus.CANCELLED)
+
+    async def attempt(task: TaskMessage, closing: str, **kwargs: Any) -> None:
+        await hive.run_lifecycle("before_task", task=task, node_id="n")
+        await hive.run_lifecycle(closing, task=task, node_id="n", **kwargs)
+
+    await asyncio.create_task(attempt(done, "after_task", result=1))
+    await asyncio.create_task(attempt(failed, "on_task_failure", error="OSError: disk", exception=OSError("disk")))
+    runs = {s.attributes["hive.task_id"]: s for s in named(spans, "hive run resize")}  # type: ignore[index]
+    assert {k: s.attributes["hive.outcome"] for k, s in runs.items()} == {"done": "cancelled", "failed": "cancelled"}  # type: ignore[index]
+    assert runs["done"].status.status_code != StatusCode.ERROR
+    assert runs["failed"].status.status_code == StatusCode.ERROR  # the attempt itself did fail
 
 
 async def test_a_failure_with_no_attempt_run_here_is_still_an_error_span(spans: InMemorySpanExporter) -> None:
