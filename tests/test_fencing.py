@@ -179,3 +179,29 @@ async def test_a_fenced_save_is_logged_once_when_its_transaction_starts_over(hiv
     assert len(warnings) == 1
     await hive.cancel(stale_id)
     await hive.cancel(other_id)
+
+
+async def test_a_save_that_landed_before_its_reply_was_lost_is_not_fenced_when_sent_again(hive, monkeypatch):
+    # Given an engine whose every save lands but whose reply is lost once, so the save is sent again (what a
+    # connection reset after the write does: redis-py or the spore sends it once more)
+    engine = hive.broker.engine
+    real = engine.record
+
+    async def reply_lost_once(items: Any) -> Any:
+        await real(items)
+        return await real(items)
+
+    monkeypatch.setattr(engine, "record", reply_lost_once)
+    task_id = await hive.submit("echo", {"x": 1})
+    # When an attempt begins and completes that way
+    begun = await _runner(hive, "a", "from a").begin([await _delivery(hive, task_id)])
+    # Then the begin stands (it is the spore's own write, not a newer attempt's): the attempt runs
+    assert [a.message.attempt for a in begun] == [1]
+    assert (await hive.status(task_id)).status == TaskStatus.RUNNING
+    await _runner(hive, "a", "from a").run(begun[0])
+    # and its outcome is recorded once
+    stored = await hive.status(task_id)
+    assert (stored.status, stored.attempt, stored.assigned_node, stored.result) == (
+        TaskStatus.COMPLETED, 1, "a", "from a"
+    )
+    assert await hive.broker.redis.llen(hive.broker.keys.done(task_id)) == 1

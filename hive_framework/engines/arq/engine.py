@@ -151,19 +151,32 @@ class ArqEngine(Engine):
         async with self.redis.pipeline(transaction=True) as pipe:
             await pipe.watch(*watched)
             refused: list[bool] = []
+            landed: list[bool] = []
             for (message, _, _), fence in zip(items, fences, strict=True):
                 gone = bool(await pipe.exists(self.keys.cancelled(message.task_id)))
                 stored = await pipe.get(self.keys.task(message.task_id)) if fence is not None and not gone else None
+                already = False
                 if fence is not None and not gone and not fence.holds(stored):
-                    fenced_out.append(message)
-                    gone = True
+                    # The record shows what this very save of a spore's attempt writes (its node, attempt and
+                    # job): it landed before its reply was lost (a reset), and this is it sent again. Not
+                    # fenced: it stands, and writing it twice would only repeat it.
+                    already = bool(message.assigned_node) and Fence.of(message).holds(stored)
+                    if not already:
+                        fenced_out.append(message)
+                        gone = True
                 refused.append(gone)
+                landed.append(already)
             pipe.multi()
             ends: list[int] = []  # where each saved item's SMEMBERS reply lands (-1: not saved)
             position = -1
-            for (message, previous, _), gone in zip(items, refused, strict=True):
+            for (message, previous, _), gone, already in zip(items, refused, landed, strict=True):
                 if gone:
                     ends.append(-1)
+                    continue
+                if already:
+                    pipe.smembers(self.keys.dependents(message.task_id))
+                    position += 1
+                    ends.append(position)
                     continue
                 commands = status_commands(self.keys, self.config, message, previous)
                 add_to_pipeline(pipe, commands)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ...broker.engine import Delivery, Engine, Guard, Previous, TaskRunner, fenced, guard_parts
+from ...broker.engine import Delivery, Engine, Fence, Guard, Previous, TaskRunner, fenced, guard_parts
 from ...broker.records import Command, status_commands
 from ...models import HIGH_PRIORITY_LEVEL, TaskMessage, TaskStatus
 from ...policies import retry_delay
@@ -166,7 +166,7 @@ class StreamsEngine(Engine):
                 commands.append(("ZADD", self.delayed, repr(message.eta.timestamp() * 1000), member))
         if message.is_terminal:
             commands.append(("SMEMBERS", self.keys.dependents(message.task_id)))
-        argv: list[Any] = fence.argv() if fence is not None else ["", "", "", ""]
+        argv: list[Any] = [*fence.argv(), *Fence.of(message).argv()] if fence is not None else [""] * 8
         for command in commands:
             argv += [len(command), *command]
         return [self.keys.cancelled(message.task_id), self.keys.task(message.task_id)], argv

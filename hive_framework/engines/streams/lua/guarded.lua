@@ -6,7 +6,11 @@
 --          the record must still show exactly these, else nothing is written and 'fenced' is returned (an
 --          outcome whose lease lapsed and a newer attempt owns the task; an attempt begun over a record that
 --          moved on since it was read). A record that does not decode is fenced too.
--- ARGV[5..] a flat list of commands, each as: argument count, command name, arguments...
+-- ARGV[5..8] what the record shows once this save is applied (status, attempt, engine job id, node): when the
+--          fence does not hold but the record shows exactly these, with a node (a spore's attempt wrote it), this
+--          very save landed before its reply was lost and is being sent again: nothing is written, and only the
+--          read commands run (SMEMBERS).
+-- ARGV[9..] a flat list of commands, each as: argument count, command name, arguments...
 --          The commands are the task record's status writes (SET/PSETEX {prefix}:task:{id}, ZADD/ZREM on
 --          {prefix}:status:*, {prefix}:dead, RPUSH/PEXPIRE {prefix}:done:{id}, XADD/PEXPIRE the job's
 --          events stream), then the settling of its stream entry (XACK + XDEL on the entry's stream, HDEL
@@ -18,6 +22,7 @@
 --          script cannot call another.
 -- Returns {reply of the last command}.
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local landed = false
 if ARGV[1] ~= '' then
   local raw = redis.call('GET', KEYS[2])
   if not raw then return 'fenced' end
@@ -26,15 +31,22 @@ if ARGV[1] ~= '' then
   local job, node = rec['engine_job_id'], rec['assigned_node']
   if job == nil or job == cjson.null then job = '' end
   if node == nil or node == cjson.null then node = '' end
-  if rec['status'] ~= ARGV[1] or tostring(rec['attempt']) ~= ARGV[2] or job ~= ARGV[3] or node ~= ARGV[4] then
-    return 'fenced'
+  local shows = {rec['status'], tostring(rec['attempt']), job, node}
+  if shows[1] ~= ARGV[1] or shows[2] ~= ARGV[2] or shows[3] ~= ARGV[3] or shows[4] ~= ARGV[4] then
+    if ARGV[8] ~= '' and shows[1] == ARGV[5] and shows[2] == ARGV[6] and shows[3] == ARGV[7] and shows[4] == ARGV[8] then
+      landed = true
+    else
+      return 'fenced'
+    end
   end
 end
-local i = 5
+local i = 9
 local reply = true
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
-  if ARGV[i + 1] == 'HIVE.REQUEUE' then
+  if landed then
+    if ARGV[i + 1] == 'SMEMBERS' then reply = redis.call('SMEMBERS', ARGV[i + 2]) end
+  elseif ARGV[i + 1] == 'HIVE.REQUEUE' then
     local id = redis.call('XADD', ARGV[i + 2], '*', 't', ARGV[i + 4], 'j', ARGV[i + 5])
     reply = redis.call('HSET', ARGV[i + 3], ARGV[i + 5], id)
   else
