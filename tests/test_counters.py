@@ -277,6 +277,20 @@ async def test_metrics_skip_and_log_a_garbage_field_in_the_counters_hash(hive, c
     assert len(warnings) == 1 and "skipping 7 unreadable field(s)" in warnings[0] and key in warnings[0]
 
 
+async def test_metrics_render_the_gauges_when_the_counters_key_holds_another_type(hive, caplog) -> None:
+    # Given a counters key written by hand as a string
+    await hive.broker.redis.set(hive.broker.keys.counters, "not a hash")
+    monitor = Monitor(hive.broker)
+    # When /metrics is scraped (twice), it answers (scrape asserts 200) with the gauges and no task counters
+    with caplog.at_level(logging.WARNING, logger="hive_framework.monitor.metrics"):
+        found = await scrape(monitor)
+        await scrape(monitor)
+    assert any(name == "hive_tasks" for name, _ in found)  # the tasks-by-status gauge
+    assert task_counters(found) == {"finished": {}, "retries": {}, "count": {}, "sum": {}}
+    # and the problem is logged once
+    assert len([r for r in caplog.records if "cannot read the task counters" in r.getMessage()]) == 1
+
+
 def test_each_kernel_has_its_own_counters_plugin() -> None:
     config = fast_config("redis://127.0.0.1:1/0")
     one, two = (Kernel(config, load_entry_points=False) for _ in range(2))

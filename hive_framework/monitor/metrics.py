@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from redis.exceptions import ResponseError
 
 from .. import redisutil
 from ..backlog import autoscale_families, backlog_families, read_backlog
@@ -83,7 +84,14 @@ class MonitorMetrics:
 
     async def _counters(self) -> list[Metric]:
         broker = self.monitor.broker
-        raw = redisutil.fields(await awaited(broker.redis.hgetall(broker.keys.counters)))
+        try:
+            raw = redisutil.fields(await awaited(broker.redis.hgetall(broker.keys.counters)))
+        except ResponseError as exc:  # the key holds another type (written by hand): the gauges still render
+            if broker.keys.counters not in self._reported:
+                self._reported.add(broker.keys.counters)
+                logger.warning("monitor: cannot read the task counters %s (%s); /metrics goes without them",
+                               broker.keys.counters, exc)
+            return []
         counters, skipped = parse_counters(raw)
         fresh = [f for f in skipped if f not in self._reported]
         if fresh:
