@@ -90,7 +90,6 @@ def run_async(factory: Callable[[], Awaitable[Any]]) -> Callable[[int], Any]:
     def call(i: int) -> Any:
         return loop.run_until_complete(enqueue(i))
 
-    call.loop = loop  # type: ignore[attr-defined]
     return call
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
+from redis.exceptions import NoScriptError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -159,17 +160,24 @@ class Buckets:
     async def take_many(self, wants: Sequence[tuple[str, Rate, int]], *,
                         force: bool = False) -> list[tuple[int, float]]:
         """:meth:`take` for several types in one round trip (a pipeline when there are more than one)."""
-        calls: list[tuple[list[str], list[str | int]]] = [
-            ([self.key(name)], [n, repr(rate.interval_ms), rate.burst, "1" if force else "0"])
+        calls: list[tuple[list[str], list[str]]] = [
+            ([self.key(name)], [str(n), repr(rate.interval_ms), str(rate.burst), "1" if force else "0"])
             for name, rate, n in wants
         ]
         if len(calls) == 1:
             replies = [await self._script(keys=calls[0][0], args=calls[0][1])]
         else:
+            # EVALSHA straight on the pipeline: a script object on a pipeline checks SCRIPT EXISTS first, a
+            # round trip more on every call. A server that lost the script answers NOSCRIPT for that call only.
             async with self._redis.pipeline(transaction=False) as pipe:
                 for keys, args in calls:
-                    await self._script(keys=keys, args=args, client=pipe)
-                replies = await pipe.execute()
+                    pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+                replies = await pipe.execute(raise_on_error=False)
+            for i, reply in enumerate(replies):
+                if isinstance(reply, NoScriptError):
+                    replies[i] = await self._script(keys=calls[i][0], args=calls[i][1])
+                elif isinstance(reply, Exception):
+                    raise reply
         return [(int(taken), float(wait)) for taken, wait in replies]
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from redis.asyncio import Redis
 
 from hive_framework import HiveConfig, Kernel, TaskStatus, task
 from hive_framework.errors import ConfigError
@@ -21,6 +22,7 @@ from hive_framework.hive import Hive
 from hive_framework.limits import Buckets, Rate, TypeLimit, TypeLimits, limit_from_table, limits_of
 
 from .integration_helpers import wait_for_nodes
+from .private_redis import PrivateRedis
 
 LIMITED = "tests.apps.limited"
 
@@ -238,3 +240,22 @@ async def test_a_task_pinned_past_the_cap_waits_for_its_turn(hive: Hive, run_spo
     await all_done(hive, ids)
     runs = await starts(hive, "capped")
     assert len(runs) == 5 and max(r["here"] for r in runs) == 2
+
+
+async def test_several_buckets_are_taken_after_the_server_forgot_the_script(tmp_path: Path) -> None:
+    # On a Redis of its own, whose script cache is flushed as a restart does
+    server = PrivateRedis(tmp_path / "redis", appendonly=False)
+    server.start()
+    redis = Redis.from_url(server.url)
+    try:
+        buckets = Buckets(redis, lambda name: f"rate:{name}")
+        wants = [("a", Rate.parse("1/m", burst=2), 5), ("b", Rate.parse("1/m"), 5)]
+        assert [taken for taken, _ in await buckets.take_many(wants)] == [2, 1]
+        await redis.script_flush()
+        # Then the calls that met NOSCRIPT are made again, once each: nothing taken twice, nothing lost
+        assert [taken for taken, _ in await buckets.take_many(wants)] == [0, 0]
+        await buckets.take_many([("a", wants[0][1], -1), ("b", wants[1][1], -1)])
+        assert [taken for taken, _ in await buckets.take_many(wants)] == [1, 1]
+    finally:
+        await redis.aclose()
+        server.stop()
