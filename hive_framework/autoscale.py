@@ -40,6 +40,7 @@ from .backlog import STATE_TTL, Backlog, read_backlog, state_key
 from .broker import MessageBroker
 from .config import HiveConfig
 from .kernel import Kernel
+from .redisutil import raise_if_cancelling
 from .supervisor import LocalCluster
 
 logger = logging.getLogger(__name__)
@@ -213,6 +214,8 @@ class Autoscaler:
                         raise
                     except Exception:
                         logger.exception("autoscale tick failed")
+                    # a Ctrl-C that redis-py swallowed mid-tick must still stop the loop, not start new spores
+                    raise_if_cancelling()
                     await asyncio.sleep(self.policy.interval)
             finally:
                 redis: Any = broker.redis

@@ -23,6 +23,8 @@ from redis.exceptions import AuthenticationError, AuthorizationError, ReadOnlyEr
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .redisutil import raise_if_cancelling
+
 #: Errors that mean Redis cannot be reached or cannot serve now (not that a command was wrong).
 OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     RedisConnectionError,  # includes AuthenticationError and BusyLoadingError (a restart replaying its AOF)
@@ -139,6 +141,7 @@ class RedisLink:
         """Ping until Redis answers (reporting the outage), backing off between tries."""
         backoff = self.backoff()
         while True:
+            raise_if_cancelling()
             try:
                 await redis.ping()
             except Exception as exc:

@@ -58,6 +58,7 @@ async def start_over_on_watch_error(transaction: Callable[[], Awaitable[T]]) -> 
     ConnectionError, which propagates (the caller's outage handling), so this does not spin.
     """
     while True:
+        raise_if_cancelling()
         try:
             return await transaction()
         except WatchError:

@@ -185,3 +185,33 @@ async def _online_is(broker: Any, count: int) -> bool:
 
 async def _completed_is(broker: Any, count: int) -> bool:
     return (await broker.get_queue_stats())["tasks_completed"] == count
+
+
+@pytest.mark.redis
+async def test_a_cancel_swallowed_inside_a_tick_still_stops_the_loop(hive_config: HiveConfig) -> None:
+    # Given an autoscaler whose tick, like a redis-py read, turns a cancel that lands in it into a normal return
+    cluster = AutoscaledCluster(hive_config, spores=1, concurrency=1, embedded="never", quiet=True)
+    cluster.url = hive_config.redis_url
+    scaler = Autoscaler(cluster, ScalePolicy(min_spores=1, max_spores=2, interval=0.01))
+    ticks = 0
+    in_tick = asyncio.Event()
+
+    async def swallowing_tick(broker: Any) -> int:
+        nonlocal ticks
+        ticks += 1
+        in_tick.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+        return 1
+
+    scaler.tick = swallowing_tick  # type: ignore[method-assign]
+    runner = asyncio.create_task(scaler.run())
+    await asyncio.wait_for(in_tick.wait(), timeout=30)
+
+    # When it is cancelled (Ctrl-C under `hive up --autoscale`) while that tick runs
+    runner.cancel()
+
+    # Then the loop ends with the cancel, and no further tick starts spores
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(runner, timeout=30)
+    assert ticks == 1

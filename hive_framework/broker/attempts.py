@@ -21,6 +21,7 @@ from ..limits import TypeLimits
 from ..models import TaskMessage, TaskStatus, utcnow
 from ..outage import RedisLink, is_outage
 from ..policies import retry_delay
+from ..redisutil import raise_if_cancelling
 from .engine import Attempt, Delivery, Fence, Guard, Previous
 
 if TYPE_CHECKING:
@@ -255,6 +256,7 @@ class AttemptRunner:
         again with back-off: the fence makes a late save safe."""
         backoff = self.link.backoff()
         while True:
+            raise_if_cancelling()
             try:
                 saved = await self.broker.save_unless_cancelled(
                     message, previous=TaskStatus.RUNNING, delivery=delivery

@@ -27,7 +27,7 @@ from ..counters import final_deltas
 from ..embedded import unreachable
 from ..errors import BrokerNotConnected, InvalidTask, WaitTimeout, WireError
 from ..models import NodeInfo, TaskMessage, TaskProgress, TaskStatus, utcnow
-from ..redisutil import awaited, text, texts
+from ..redisutil import awaited, raise_if_cancelling, text, texts
 from .batch import Batches
 from .cluster import ClusterMixin
 from .engine import Delivery, Engine, Guard, Previous
@@ -531,6 +531,7 @@ return held
         deadline = None if timeout is None else time.monotonic() + timeout
         done_key = self.keys.done(task_id)
         while True:
+            raise_if_cancelling()
             message = await self.get_task_status(task_id)
             if message is None:
                 raise InvalidTask(f"no task with id {task_id!r}")

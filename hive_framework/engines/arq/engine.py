@@ -18,7 +18,7 @@ from redis.exceptions import WatchError
 from ...broker.engine import Delivery, Engine, Fence, Guard, Previous, TaskRunner, fenced, guard_parts
 from ...broker.records import add_to_pipeline, status_commands
 from ...models import HIGH_PRIORITY_LEVEL, TaskMessage
-from ...redisutil import texts
+from ...redisutil import raise_if_cancelling, texts
 from .keyspace import ArqKeys
 from .serial import job_serializer
 from .worker import PRIORITY_STEP_MS, RUN_FUNCTION, ArqWorker, delayed_member
@@ -130,6 +130,7 @@ class ArqEngine(Engine):
         watched = [self.keys.cancelled(m.task_id) for m, _, _ in items]
         watched += [self.keys.task(m.task_id) for (m, _, _), f in zip(items, fences, strict=True) if f is not None]
         while True:
+            raise_if_cancelling()
             try:
                 outcomes, fenced_out = await self._record_watched(items, fences, watched)
             except WatchError:
