@@ -15,6 +15,7 @@ took at most ``le`` seconds and more than the bound below: not cumulative) and `
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 import uuid
 from collections.abc import Mapping
@@ -23,6 +24,8 @@ from typing import Any
 import attrs
 
 from .models import TaskMessage, TaskStatus
+
+logger = logging.getLogger(__name__)
 
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, float("inf"))
 #: Final statuses the counters follow.
@@ -35,14 +38,57 @@ _BOUND_INDEX = {t: i for i, t in enumerate(_BOUND_TEXT)}
 #: is sent again within this time, so it is never added twice.
 FLUSH_MARK_TTL_MS = 86_400_000
 
-# KEYS[1] the counters hash, KEYS[2] this process's last applied batch; ARGV[1] the batch's token, ARGV[2] the
-# mark's TTL (ms), then field, delta pairs. A batch sent again after a lost reply is applied once.
-_FLUSH = """
-if redis.call('GET', KEYS[2]) == ARGV[1] then return 0 end
-for i = 3, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-return 1
+# Adds the field, delta pairs of ARGV from index FIRST to the hash KEYS[1], all or nothing: a script is not
+# rolled back, so a HINCRBY refused half way would add the first part of a batch again on every retry. A key of
+# another type is renamed to KEYS[2] (kept for a look, and counting starts afresh); a field HINCRBY refuses (not
+# an integer, or one that would overflow) is replaced by its delta. Returns {1, the set-aside key's type or '',
+# the replaced fields...}.
+_ADD = """
+local kind = redis.call('TYPE', KEYS[1]).ok
+local out = {1, ''}
+if kind ~= 'hash' and kind ~= 'none' then
+    redis.call('RENAME', KEYS[1], KEYS[2])
+    out[2] = kind
+end
+for i = FIRST, #ARGV, 2 do
+    local reply = redis.pcall('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+    if type(reply) == 'table' and reply.err then
+        redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+        out[#out + 1] = ARGV[i]
+    end
+end
 """
+
+#: KEYS[1] the counters hash, KEYS[2] where a key of another type is set aside; ARGV field, delta pairs.
+ADD_COUNTERS = _ADD.replace("FIRST", "1") + "return out\n"
+
+# KEYS as ADD_COUNTERS, KEYS[3] this process's last applied batch; ARGV[1] the batch's token, ARGV[2] the mark's
+# TTL (ms), then field, delta pairs. A batch sent again after a lost reply is applied once ({0} then).
+_FLUSH = (
+    "if redis.call('GET', KEYS[3]) == ARGV[1] then return {0} end\n"
+    + _ADD.replace("FIRST", "3")
+    + "redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])\nreturn out\n"
+)
+
+
+def aside_key(hash_key: str) -> str:
+    """A fresh name to set an unreadable counters key aside under (never one an earlier one took)."""
+    return f"{hash_key}:unreadable:{uuid.uuid4().hex}"
+
+
+def report_repairs(reply: Any, hash_key: str) -> None:
+    """Log what an add had to repair (see ``_ADD``), naming the key and the fields."""
+    if not isinstance(reply, list) or len(reply) < 2:
+        return
+    kind, fields = reply[1], reply[2:]
+    text = kind.decode() if isinstance(kind, bytes) else str(kind)
+    if text:
+        logger.warning("counters: %s held a %s, not a hash; it was set aside under %s:unreadable:<id> and the "
+                       "counts start afresh", hash_key, text, hash_key)
+    if fields:
+        names = [f.decode(errors="replace") if isinstance(f, bytes) else str(f) for f in fields]
+        logger.warning("counters: %d field(s) of %s held no integer HINCRBY can add to and were reset to this "
+                       "batch's counts: %s", len(names), hash_key, ", ".join(sorted(names)))
 
 
 def finished_field(status: str) -> str:
@@ -104,8 +150,9 @@ class Tally:
         if self._script is None or self._script[0] is not redis:
             self._script = (redis, redis.register_script(_FLUSH))
         batch = self._batch
-        await self._script[1](keys=[hash_key, f"{mark_key_prefix}:{self.process_id}"],
-                              args=[self._token, FLUSH_MARK_TTL_MS, *batch])
+        reply = await self._script[1](keys=[hash_key, aside_key(hash_key), f"{mark_key_prefix}:{self.process_id}"],
+                                      args=[self._token, FLUSH_MARK_TTL_MS, *batch])
+        report_repairs(reply, hash_key)
         self._batch = None
         return len(batch) // 2
 

@@ -189,6 +189,82 @@ def test_a_flush_that_fails_loses_nothing_and_adds_nothing_twice(hive_redis_url:
     asyncio.run(scenario())
 
 
+INT64 = (-(2**63), 2**63 - 1)
+#: What a planted counters field may hold: an integer Redis adds to, one whose sum would overflow, or text.
+PLANTED = st.one_of(
+    st.integers(min_value=-(2**40), max_value=2**40).map(str),
+    st.sampled_from([str(2**63 - 1), str(-(2**63)), "99999999999999999999"]),
+    st.text(max_size=8).filter(lambda t: not t.lstrip("-").isdigit()),
+)
+
+
+@pytest.mark.redis
+@settings(max_examples=40, deadline=None)
+@given(planted=st.dictionaries(st.sampled_from(["finished completed", "retries a", "retries b", "sum_us x"]),
+                               PLANTED, max_size=4),
+       batch=st.dictionaries(st.sampled_from(["finished completed", "retries a", "retries b"]),
+                             st.integers(min_value=1, max_value=1000), min_size=1, max_size=3))
+def test_a_flush_over_planted_fields_adds_each_count_once_and_resets_what_redis_cannot_add_to(
+    hive_redis_url: str, planted: dict[str, str], batch: dict[str, int]
+) -> None:
+    async def scenario() -> None:
+        config = fast_config(hive_redis_url)
+        redis = redis_client(config)
+        keys = Kernel(config, load_entry_points=False).keys
+        try:
+            # Given a counters hash with fields a hand wrote
+            if planted:
+                await redis.hset(keys.counters, mapping=planted)
+            # When a spore flushes a batch over it
+            tally = Tally()
+            for field, amount in batch.items():
+                tally.add(field, amount)
+            assert await tally.flush(redis, keys.counters, keys.counters_flushed) == len(batch)
+            # Then nothing is left to send, each readable count grew by the batch's once, anything Redis cannot
+            # add to now holds the batch's count, and the fields outside the batch are as they were
+            assert tally.unwritten == 0
+            stored = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.counters)).items()}
+            for field, amount in batch.items():
+                before = planted.get(field, "0")
+                total = int(before) + amount if before.lstrip("-").isdigit() else None
+                expected = total if total is not None and INT64[0] <= int(before) and total <= INT64[1] else amount
+                assert stored[field] == str(expected), (field, before, amount)
+            assert {f: v for f, v in stored.items() if f not in batch} == {
+                f: v for f, v in planted.items() if f not in batch}
+        finally:
+            found = [k async for k in redis.scan_iter(match=f"{config.key_prefix}:*")]
+            if found:
+                await redis.delete(*found)
+            await redis.aclose()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.redis
+async def test_a_counters_key_of_another_type_is_set_aside_and_counting_goes_on(hive, caplog) -> None:
+    # Given the counters key written by hand as a string
+    redis, key = hive.broker.redis, hive.broker.keys.counters
+    await redis.set(key, "not a hash")
+
+    # When a spore flushes its counts, and a task is cancelled (counted by the broker's own write)
+    tally = Tally()
+    tally.add("finished completed", 2)
+    with caplog.at_level(logging.WARNING, logger="hive_framework.counters"):
+        assert await tally.flush(redis, key, hive.broker.keys.counters_flushed) == 1
+    await redis.set(key, "planted again")
+    task_id = await hive.submit("echo", {"n": 1}, delay="1h")
+    assert await hive.cancel(task_id)
+
+    # Then the cancel stands, both strings were set aside whole under their own names, and the hash counts on
+    assert (await hive.status(task_id)).status == TaskStatus.CANCELLED
+    aside = sorted([k async for k in redis.scan_iter(match=f"{key}:unreadable:*")])
+    assert len(aside) == 2 and sorted(await redis.mget(aside)) == [b"not a hash", b"planted again"]
+    assert await redis.hgetall(key) == {b"finished cancelled": b"1"}
+    # and the flush said so, naming the key and the type it found
+    warnings = [r.getMessage() for r in caplog.records if "set aside" in r.getMessage()]
+    assert len(warnings) == 1 and key in warnings[0] and "held a string" in warnings[0]
+
+
 # --- reading the hash back ------------------------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import wire
 from ..connection import confirm_durable, redis_client
-from ..counters import final_deltas
+from ..counters import ADD_COUNTERS, aside_key, final_deltas
 from ..embedded import unreachable
 from ..errors import BrokerNotConnected, InvalidTask, WaitTimeout, WireError
 from ..models import NodeInfo, TaskMessage, TaskProgress, TaskStatus, utcnow
@@ -408,8 +408,9 @@ return held
         count it) is counted in the same transaction."""
         add_to_pipeline(pipe, status_commands(self.keys, self.config, message, previous))
         if message.is_terminal:
-            for field, amount in final_deltas(message):
-                pipe.hincrby(self.keys.counters, field, amount)
+            # one script, not HINCRBYs: a counters key a hand or a bug made unreadable must not fail the write
+            flat: list[Any] = [part for pair in final_deltas(message) for part in pair]
+            pipe.eval(ADD_COUNTERS, 2, self.keys.counters, aside_key(self.keys.counters), *flat)
 
     # --- task state ------------------------------------------------------------------------------------
 
