@@ -1,7 +1,7 @@
 """The benchmark's jobs, for both systems, in one module.
 
 * hive spores load it with ``python -m hive_framework spore --app bench.jobs``: the ``@task`` types
-  ``bench.noop``, ``bench.echo``, ``bench.sleepy`` and ``bench.clock``;
+  ``bench.noop``, ``bench.echo``, ``bench.sleepy``, ``bench.fail`` and ``bench.clock``;
 * ARQ workers load it with ``python -m arq bench.jobs.ArqWorkerSettings``: the functions ``noop``,
   ``echo`` and ``sleepy``.
 
@@ -44,6 +44,13 @@ async def hive_sleepy(payload: dict[str, Any], context: TaskContext) -> Any:
     await asyncio.sleep(SLEEP_S)
     await context.redis.incr(COUNTER_KEY)
     return payload["x"]
+
+
+@task("bench.fail")
+async def hive_fail(payload: dict[str, Any], context: TaskContext) -> None:
+    """Always fails: submitted with ``max_retries=0`` it becomes a dead letter (bench/soak.py)."""
+    await context.redis.incr(COUNTER_KEY)
+    raise RuntimeError("bench.fail fails on purpose")
 
 
 @task("bench.clock")
