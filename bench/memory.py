@@ -6,7 +6,9 @@
 On a private ``redis-server`` (no persistence): pushes N tiny tasks (``bench.noop``) in batches of 1,000
 while spores (real processes) run them, and prints Redis ``used_memory`` (and the key count) at 0, 25 %,
 50 %, 100 % of the tasks finished, then after ``HIVE_RESULT_TTL`` (``--ttl``) passed and a nexus swept. The
-figure per task is (memory at 100 % - baseline) / N; "after TTL" should be back near the baseline.
+figure per task is (memory at 100 % - baseline) / the finished tasks still kept then (all N when the run is
+shorter than the TTL; with a shorter TTL the oldest have expired and the figure is of the steady window);
+"after TTL" should be back near the baseline.
 Nothing is asserted: it prints figures.
 """
 
@@ -16,7 +18,6 @@ import argparse
 import asyncio
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.support import Namespace, PrivateRedis, Workers, log, spore_argvs, spore_env  # noqa: E402
+from bench.support import Namespace, Workers, log, on_private_redis, spore_argvs, spore_env  # noqa: E402
 from hive_framework import TaskSpec, TaskStatus  # noqa: E402
 from hive_framework.hive import Hive  # noqa: E402
 from hive_framework.kernel import Kernel  # noqa: E402
@@ -43,10 +44,27 @@ async def measure(args: argparse.Namespace, redis_url: str, log_dir: Path) -> di
 
     async def sample(label: str) -> dict[str, Any]:
         info = await redis.info("memory")
+        stats = await redis.memory_stats()
         row = {"at": label, "used_memory": int(info["used_memory"]), "keys": int(await redis.dbsize()),
-               "completed_index": int(await redis.zcard(completed_key))}
-        log(f"{label:>14}: used_memory {row['used_memory'] / 2**20:8.2f} MiB, keys {row['keys']:>9,}")
+               "completed_index": int(await redis.zcard(completed_key)),
+               # the server's own memory that no key holds: connections' buffers, the Lua script cache and the
+               # keyspace's hash tables (sized for the most keys seen; Redis shrinks them later, in its cron)
+               "clients": int(stats["clients.normal"]), "lua_caches": int(stats["lua.caches"]),
+               "tables": sum(int(v.get("overhead.hashtable.main", 0)) + int(v.get("overhead.hashtable.expires", 0))
+                             for k, v in stats.items() if k.startswith("db.") and isinstance(v, dict))}
+        log(f"{label:>14}: used_memory {row['used_memory'] / 2**20:8.2f} MiB, keys {row['keys']:>9,}, "
+            f"finished tasks kept {row['completed_index']:>9,}, client buffers {row['clients'] / 2**20:.2f} MiB, "
+            f"script cache {row['lua_caches'] / 2**10:.0f} KiB, keyspace tables {row['tables'] / 2**20:.2f} MiB")
         return row
+
+    async def left_over() -> dict[str, int]:
+        """The keys left, by kind (the name with ids cut off), with their MEMORY USAGE summed."""
+        kinds: dict[str, int] = {}
+        async for key in redis.scan_iter(count=1000):
+            name = key.decode(errors="replace").removeprefix(config.key_prefix + ":")
+            kind = ":".join(part for part in name.split(":") if not any(c.isdigit() for c in part)) or name
+            kinds[kind] = kinds.get(kind, 0) + int(await redis.memory_usage(key, samples=0) or 0)
+        return dict(sorted(kinds.items(), key=lambda item: -item[1]))
 
     rows = [await sample("baseline")]
     spores = Workers("spores", spore_argvs(args.spores, 50, "mem"), env, log_dir)
@@ -70,17 +88,30 @@ async def measure(args: argparse.Namespace, redis_url: str, log_dir: Path) -> di
         await asyncio.sleep(args.ttl + 1)
         await Watchdog(hive.broker, interval=1.0).sweep()
         rows.append(await sample("after TTL+sweep"))
+        left = await left_over()
+        log(f"left: {sum(left.values()) / 2**10:.1f} KiB in keys: "
+            + ", ".join(f"{k} {v:,} B" for k, v in left.items()))
     finally:
         spores.stop()
         await hive.close()
+    def own(row: dict[str, Any]) -> int:
+        return int(row["used_memory"] - row["clients"] - row["lua_caches"] - row["tables"])
+
     base, full, after = rows[0]["used_memory"], rows[-2]["used_memory"], rows[-1]["used_memory"]
+    # finished tasks still kept at the end (a run longer than the TTL has let the first ones expire)
+    kept = max(rows[-2]["completed_index"], 1)
     summary = {
-        "broker": config.broker, "tasks": args.n, "ttl_s": args.ttl, "rows": rows,
-        "bytes_per_finished_task": round((full - base) / args.n, 1),
+        "broker": config.broker, "tasks": args.n, "ttl_s": args.ttl, "rows": rows, "kept_at_end": kept,
+        "bytes_per_finished_task": round((full - base) / kept, 1),
         "after_ttl_vs_baseline_pct": round(100 * (after - base) / base, 1),
+        "left_in_keys_bytes": left,
+        # what the hive's data adds once the results expired: used_memory less the server's own growth
+        "after_ttl_data_vs_baseline_pct": round(100 * (own(rows[-1]) - own(rows[0])) / base, 1),
     }
     log(f"per finished task kept: {summary['bytes_per_finished_task']} B; after the TTL: "
-        f"{summary['after_ttl_vs_baseline_pct']:+.1f} % of the baseline")
+        f"{summary['after_ttl_vs_baseline_pct']:+.1f} % of the baseline, "
+        f"{summary['after_ttl_data_vs_baseline_pct']:+.1f} % without client buffers, the script cache and the "
+        "keyspace tables")
     return summary
 
 
@@ -92,12 +123,7 @@ def main() -> None:
     parser.add_argument("--broker", choices=["streams", "arq"], default=None)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    server = PrivateRedis()
-    try:
-        with tempfile.TemporaryDirectory(prefix="hive-bench-memory-") as folder:
-            summary = asyncio.run(measure(args, server.url, Path(folder)))
-    finally:
-        server.stop()
+    summary = on_private_redis(lambda url, folder: measure(args, url, folder), "memory")
     if args.json:
         print(json.dumps(summary, indent=2))
 

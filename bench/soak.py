@@ -23,7 +23,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.support import Namespace, PrivateRedis, log, save_result, spore_env  # noqa: E402
+from bench.support import Namespace, log, on_private_redis, save_result, spore_env  # noqa: E402
 from hive_framework import TaskSpec, TaskStatus  # noqa: E402
 from hive_framework.hive import Hive  # noqa: E402
 from hive_framework.kernel import Kernel  # noqa: E402
@@ -178,12 +177,7 @@ def main() -> None:
     parser.add_argument("--broker", choices=["streams", "arq"], default=None)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    server = PrivateRedis()
-    try:
-        with tempfile.TemporaryDirectory(prefix="hive-bench-soak-") as folder:
-            summary = asyncio.run(soak(args, server.url, Path(folder)))
-    finally:
-        server.stop()
+    summary = on_private_redis(lambda url, folder: soak(args, url, folder), "soak")
     save_result(f"soak-{summary['broker']}", summary)
     if args.json:
         print(json.dumps(summary, indent=2))

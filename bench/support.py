@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -14,9 +15,9 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import redis
@@ -25,6 +26,7 @@ from redis.asyncio import Redis as AsyncRedis
 from hive_framework import HiveConfig
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 #: ARQ's per-job keys; hive's jobs are ARQ jobs too, keyed by the task id.
 ARQ_JOB_KEY_PREFIXES = ("arq:job:", "arq:result:", "arq:retry:", "arq:in-progress:")
 
@@ -109,6 +111,16 @@ class PrivateRedis:
                 self.proc.kill()
                 self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def on_private_redis(measure: Callable[[str, Path], Awaitable[T]], label: str) -> T:
+    """Run ``measure(redis_url, scratch_folder)`` against a throw-away ``redis-server``, stopped after."""
+    server = PrivateRedis()
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"hive-bench-{label}-") as folder:
+            return asyncio.run(measure(server.url, Path(folder)))
+    finally:
+        server.stop()
 
 
 def mask(url: str) -> str:

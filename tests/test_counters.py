@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -21,9 +21,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from hive_framework import Hive, HiveConfig, Kernel, TaskStatus
 from hive_framework.connection import redis_client
 from hive_framework.counters import DURATION_BUCKETS, FINAL, Tally, final_deltas, parse_counters, retries_field
+from hive_framework.keys import Keys
 from hive_framework.models import TaskMessage, utcnow
 from hive_framework.monitor import Monitor, create_app
-from hive_framework.testing import fast_config
+from hive_framework.testing import delete_namespace, fast_config
 
 from .integration_helpers import BASIC, open_gate, wait_running
 
@@ -145,6 +146,18 @@ class FlakyScripts:
         return call
 
 
+@contextlib.asynccontextmanager
+async def counters_namespace(redis_url: str) -> AsyncIterator[tuple[Redis, Keys]]:
+    """A client and the keys of a fresh test namespace (hypothesis runs many examples in one test), deleted after."""
+    config = fast_config(redis_url)
+    redis = redis_client(config)
+    try:
+        yield redis, Kernel(config, load_entry_points=False).keys
+    finally:
+        await asyncio.to_thread(delete_namespace, redis_url, config)
+        await redis.aclose()
+
+
 STEPS = st.lists(
     st.one_of(
         st.tuples(st.just("add"), st.sampled_from(["finished completed", "retries a", "retries b:c"]),
@@ -160,10 +173,7 @@ STEPS = st.lists(
 @given(steps=STEPS)
 def test_a_flush_that_fails_loses_nothing_and_adds_nothing_twice(hive_redis_url: str, steps: list[Any]) -> None:
     async def scenario() -> None:
-        config = fast_config(hive_redis_url)
-        redis = redis_client(config)
-        keys = Kernel(config, load_entry_points=False).keys
-        try:
+        async with counters_namespace(hive_redis_url) as (redis, keys):
             # Given a tally, and Redis failing some of its flushes before or after the script ran
             tally, added = Tally(), {}
             for kind, what, amount in steps:
@@ -180,11 +190,6 @@ def test_a_flush_that_fails_loses_nothing_and_adds_nothing_twice(hive_redis_url:
             stored = {k.decode(): int(v) for k, v in (await redis.hgetall(keys.counters)).items()}
             assert stored == added
             assert await tally.flush(redis, keys.counters, keys.counters_flushed) == 0  # nothing left to send
-        finally:
-            found = [k async for k in redis.scan_iter(match=f"{config.key_prefix}:*")]
-            if found:
-                await redis.delete(*found)
-            await redis.aclose()
 
     asyncio.run(scenario())
 
@@ -208,10 +213,7 @@ def test_a_flush_over_planted_fields_adds_each_count_once_and_resets_what_redis_
     hive_redis_url: str, planted: dict[str, str], batch: dict[str, int]
 ) -> None:
     async def scenario() -> None:
-        config = fast_config(hive_redis_url)
-        redis = redis_client(config)
-        keys = Kernel(config, load_entry_points=False).keys
-        try:
+        async with counters_namespace(hive_redis_url) as (redis, keys):
             # Given a counters hash with fields a hand wrote
             if planted:
                 await redis.hset(keys.counters, mapping=planted)
@@ -231,11 +233,6 @@ def test_a_flush_over_planted_fields_adds_each_count_once_and_resets_what_redis_
                 assert stored[field] == str(expected), (field, before, amount)
             assert {f: v for f, v in stored.items() if f not in batch} == {
                 f: v for f, v in planted.items() if f not in batch}
-        finally:
-            found = [k async for k in redis.scan_iter(match=f"{config.key_prefix}:*")]
-            if found:
-                await redis.delete(*found)
-            await redis.aclose()
 
     asyncio.run(scenario())
 
