@@ -50,10 +50,10 @@ class Fleet:
         self.nexus = self._start("nexus", ["nexus", "--no-monitor"])
 
     def _start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child holds it
         argv = [sys.executable, "-m", "hive_framework", *args]
-        return subprocess.Popen(argv, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.log_dir / f"{name}.log", "ab") as out:  # the child keeps its own copy of the descriptor
+            return subprocess.Popen(argv, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
 
     def add_spore(self) -> None:
         self.started += 1

@@ -76,15 +76,15 @@ def aside_key(hash_key: str) -> str:
     return f"{hash_key}:unreadable:{uuid.uuid4().hex}"
 
 
-def report_repairs(reply: Any, hash_key: str) -> None:
-    """Log what an add had to repair (see ``_ADD``), naming the key and the fields."""
+def report_repairs(reply: Any, hash_key: str, aside: str) -> None:
+    """Log what an add had to repair (see ``_ADD``), naming the keys and the fields."""
     if not isinstance(reply, list) or len(reply) < 2:
         return
     kind, fields = reply[1], reply[2:]
     text = kind.decode() if isinstance(kind, bytes) else str(kind)
     if text:
-        logger.warning("counters: %s held a %s, not a hash; it was set aside under %s:unreadable:<id> and the "
-                       "counts start afresh", hash_key, text, hash_key)
+        logger.warning("counters: %s held a %s, not a hash; it was set aside as %s and the counts start afresh",
+                       hash_key, text, aside)
     if fields:
         names = [f.decode(errors="replace") if isinstance(f, bytes) else str(f) for f in fields]
         logger.warning("counters: %d field(s) of %s held no integer HINCRBY can add to and were reset to this "
@@ -150,9 +150,10 @@ class Tally:
         if self._script is None or self._script[0] is not redis:
             self._script = (redis, redis.register_script(_FLUSH))
         batch = self._batch
-        reply = await self._script[1](keys=[hash_key, aside_key(hash_key), f"{mark_key_prefix}:{self.process_id}"],
+        aside = aside_key(hash_key)
+        reply = await self._script[1](keys=[hash_key, aside, f"{mark_key_prefix}:{self.process_id}"],
                                       args=[self._token, FLUSH_MARK_TTL_MS, *batch])
-        report_repairs(reply, hash_key)
+        report_repairs(reply, hash_key, aside)
         self._batch = None
         return len(batch) // 2
 

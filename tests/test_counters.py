@@ -260,6 +260,7 @@ async def test_a_counters_key_of_another_type_is_set_aside_and_counting_goes_on(
     # and the flush said so, naming the key and the type it found
     warnings = [r.getMessage() for r in caplog.records if "set aside" in r.getMessage()]
     assert len(warnings) == 1 and key in warnings[0] and "held a string" in warnings[0]
+    assert sum(k.decode() in warnings[0] for k in aside) == 1  # the very name it was set aside as
 
 
 # --- reading the hash back ------------------------------------------------------------------------------------

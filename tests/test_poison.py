@@ -66,7 +66,7 @@ async def plant(hive: Hive, tag: str, data: st.DataObject) -> tuple[str, bytes]:
         await redis.hset(engine.entries, data.draw(junk, label="entries field") or b"e", data.draw(junk))
     else:
         await redis.psetex(engine.arq_keys.job(bad_id), 60_000, data.draw(junk, label="arq job"))
-        await redis.zadd(queue, {bad_id: 0})
+        await redis.zadd(queue, {bad_id: 0, data.draw(junk, label="queue member") or b"q": 0})
     # and a broadcast that does not decode
     await redis.publish(keys.broadcast_channel, data.draw(junk, label="broadcast"))
     return bad_id, record

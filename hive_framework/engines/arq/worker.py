@@ -213,7 +213,7 @@ class _MultiQueueWorker(_ArqWorker):
                     job_ids = await self.pool.zrangebyscore(
                         group[0], min=float("-inf"), max=now, start=0, num=self.queue_read_limit
                     )
-                    await self._start_from([(group[0], job_id.decode()) for job_id in job_ids])
+                    await self._start_from(await self._readable([(group[0], job_id) for job_id in job_ids]))
                     continue
                 async with self.pool.pipeline(transaction=False) as pipe:
                     for queue in group:
@@ -226,10 +226,22 @@ class _MultiQueueWorker(_ArqWorker):
                     for queue, reply in zip(group, replies, strict=True)
                     for job_id, score in reply
                 )[: self.queue_read_limit]
-                await self._start_from([(queue, job_id.decode()) for _, queue, job_id in found])
+                await self._start_from(await self._readable([(queue, job_id) for _, queue, job_id in found]))
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
+
+    async def _readable(self, members: list[tuple[str, bytes]]) -> list[tuple[str, str]]:
+        """The (queue, job id) of ``members`` whose id is text; any other member is quarantined and taken off its
+        queue, so that it cannot hold the head of the queue (and the poll loop) forever."""
+        out = []
+        for queue, member in members:
+            try:
+                out.append((queue, member.decode()))
+            except UnicodeDecodeError:
+                await quarantine(self.engine.redis, self.engine.keys, f"{queue} {digest(member)}", member,
+                                 "a queued job id that is not UTF-8 text", [("ZREM", queue, member)])
+        return out
 
     async def _start_from(self, candidates: list[tuple[str, str]]) -> None:
         """Start the jobs of ``candidates`` ((queue, job id), in priority order) while slots are free. A run of
