@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import cattrs
@@ -12,10 +14,34 @@ from .errors import WireError
 
 T = TypeVar("T")
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _datetime_from(value: Any, _: Any) -> datetime:
+    """An ISO 8601 text, or whole microseconds since the epoch (UTC) as the compact encoding writes them."""
+    if isinstance(value, str):
+        return datetime.fromisoformat(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _EPOCH + value * _MICROSECOND
+    raise ValueError(f"a time must be ISO 8601 text or microseconds since the epoch, not {value!r}")
+
+
+def _microseconds(moment: datetime) -> int:
+    """Whole microseconds since the epoch, exactly (a naive time is taken as UTC): 16 digits against ISO's 34."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MICROSECOND
+
+
 converter = make_converter(forbid_extra_keys=False)
-#: The same encoding without the fields that hold their default: what is stored for long (finished task
-#: records) is kept small, and ``converter`` reads it back whole (a missing field takes its default).
+converter.register_structure_hook(datetime, _datetime_from)
+#: The same encoding without the fields that hold their default, and times as microseconds since the epoch:
+#: what is stored for long (finished task records) is kept small, and ``converter`` reads it back whole (a
+#: missing field takes its default).
 compact_converter = make_converter(forbid_extra_keys=False, omit_if_default=True)
+compact_converter.register_structure_hook(datetime, _datetime_from)
+compact_converter.register_unstructure_hook(datetime, _microseconds)
 
 
 def to_plain(obj: Any) -> Any:
@@ -23,13 +49,15 @@ def to_plain(obj: Any) -> Any:
     return converter.unstructure(obj)
 
 
-def dumps(obj: Any, *, omit_defaults: bool = False) -> bytes:
+def dumps(obj: Any, *, omit_defaults: bool = False, leave_out: Collection[str] = ()) -> bytes:
     """Serialise a model or plain value to compact JSON bytes; refuses what JSON cannot hold.
 
     ``omit_defaults`` leaves out the fields that hold their default (for records kept long; see
-    ``compact_converter``)."""
+    ``compact_converter``); ``leave_out`` names fields of a model not to write at all (read back as defaults)."""
     try:
         plain = (compact_converter if omit_defaults else converter).unstructure(obj)
+        for name in leave_out:
+            plain.pop(name, None)
         return json.dumps(plain, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
     except (TypeError, ValueError, RecursionError) as exc:
         raise WireError(f"cannot encode {type(obj).__name__} as JSON: {exc}") from exc

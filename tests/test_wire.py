@@ -91,6 +91,25 @@ def test_every_model_round_trips_without_its_default_fields(obj: Any) -> None:
     assert len(data) <= len(wire.dumps(obj))
 
 
+@given(moment=datetimes)
+def test_a_compact_time_is_whole_microseconds_and_reads_back_the_same_instant(moment: datetime) -> None:
+    # Given a task finished at any instant, in any time zone, stored compact
+    message = TaskMessage(task_id="t1", task_type="echo", status=TaskStatus.COMPLETED, completed_at=moment)
+    stored = json.loads(wire.dumps(message, omit_defaults=True))
+    # Then its time is an integer, and it reads back as exactly that instant
+    assert isinstance(stored["completed_at"], int)
+    assert wire.loads(json.dumps(stored), TaskMessage).completed_at == moment
+
+
+@pytest.mark.parametrize("value", [True, 1.5, "yesterday", 10**30, [1]])
+def test_a_time_that_is_neither_iso_text_nor_whole_microseconds_is_a_wire_error(value: Any) -> None:
+    # Given a record whose time is a boolean, a fraction, free text, out of range or a list
+    data = json.dumps({"task_id": "t1", "task_type": "echo", "created_at": value})
+    # Then reading it fails with a one-line WireError naming the model
+    with pytest.raises(WireError, match="TaskMessage"):
+        wire.loads(data, TaskMessage)
+
+
 def test_minimal_task_message_gets_its_defaults_on_load() -> None:
     # Given only the required keys (as an older or foreign writer might send)
     message = wire.loads(b'{"task_id": "t1", "task_type": "echo"}', TaskMessage)

@@ -23,9 +23,13 @@ if TYPE_CHECKING:
 MAX_DEAD_LETTERS = 100_000
 
 #: How long a finished task's ``done`` list lives, at most (ms). It only wakes waiters blocked at the moment the
-#: task finished: a waiter reads the record before it blocks and again at least every 5 s, so the list need
-#: not live as long as the record (it was a fifth of a finished task's memory).
-DONE_MARKER_TTL_MS = 300_000
+#: task finished: a waiter reads the record before it blocks and again at least every 5 s, so the list only
+#: has to outlive the round trip between a waiter's read and its blocking call (missing it costs that waiter
+#: at most 5 s, never the outcome). Kept longer, it was a fifth of a finished task's memory.
+DONE_MARKER_TTL_MS = 10_000
+
+#: Fields of a task record that only a live task needs: a finished record is written without them.
+LIVE_ONLY_FIELDS = ("queue", "engine_job_id")
 
 #: One Redis command: its name, then its arguments.
 Command = tuple[Any, ...]
@@ -41,9 +45,14 @@ def status_commands(
     its waiters are woken (``done`` list) and its map-reduce job hears of it (job events stream).
     """
     now = repr(time.time())
-    # A final record is kept for HIVE_RESULT_TTL and read only through the model: written without its
-    # default fields. A live one keeps them all: the Lua fence and the backlog read its fields raw.
-    data = wire.dumps(message, omit_defaults=message.is_terminal)
+    if message.is_terminal:
+        # Kept for HIVE_RESULT_TTL and read only through the model, so compact: no default fields, times as
+        # integers, and none of the engine's bookkeeping (its stream and job), which only a live task needs (a
+        # retry by hand places the task afresh). A live record keeps every field: the Lua fence and the
+        # backlog read them raw.
+        data = wire.dumps(message, omit_defaults=True, leave_out=LIVE_ONLY_FIELDS)
+    else:
+        data = wire.dumps(message)
     task_id = message.task_id
     out: list[Command] = []
     if message.is_terminal:
