@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.support import Namespace, Workers, log, on_private_redis, spore_argvs, spore_env  # noqa: E402
-from hive_framework import TaskSpec, TaskStatus  # noqa: E402
+from hive_framework import HiveConfig, TaskSpec  # noqa: E402
 from hive_framework.hive import Hive  # noqa: E402
 from hive_framework.kernel import Kernel  # noqa: E402
 from hive_framework.nexus import Watchdog  # noqa: E402
@@ -35,18 +36,21 @@ from hive_framework.nexus import Watchdog  # noqa: E402
 
 async def measure(args: argparse.Namespace, redis_url: str, log_dir: Path) -> dict[str, Any]:
     ns = Namespace(time.strftime("%Y%m%d%H%M%S"))
-    config = ns.hive_config(redis_url, concurrency=50, broker=args.broker)
-    config = config.evolve(result_ttl=float(args.ttl))
+    # hive's own key prefix and queue names, as a user has them (the server is this run's alone): a bench
+    # namespace would add its ~40 characters to every task's key
+    settings = {} if args.broker is None else {"broker": args.broker}
+    config = HiveConfig.load(environ={}, env_file=os.devnull, toml_file=None, redis_url=redis_url, concurrency=50,
+                             result_ttl=float(args.ttl), **settings)
     env = spore_env(config, ns.counter)
     hive = await Hive(Kernel(config, apps=["bench.jobs"])).open()
     redis = hive.broker.redis
-    completed_key = hive.broker.keys.status_index(TaskStatus.COMPLETED)
 
     async def sample(label: str) -> dict[str, Any]:
         info = await redis.info("memory")
         stats = await redis.memory_stats()
-        row = {"at": label, "used_memory": int(info["used_memory"]), "keys": int(await redis.dbsize()),
-               "completed_index": int(await redis.zcard(completed_key)),
+        row: dict[str, Any] = {"at": label, "used_memory": int(info["used_memory"]), "keys": int(await redis.dbsize()),
+               # tasks finished within the result TTL (the records kept), from the bucketed counts
+               "completed_index": (await hive.broker.get_queue_stats())["tasks_completed"],
                # the server's own memory that no key holds: connections' buffers, the Lua script cache and the
                # keyspace's hash tables (sized for the most keys seen; Redis shrinks them later, in its cron)
                "clients": int(stats["clients.normal"]), "lua_caches": int(stats["lua.caches"]),

@@ -33,6 +33,7 @@ if str(ROOT) not in sys.path:
 
 from bench.support import Namespace, log, on_private_redis, save_result, spore_env  # noqa: E402
 from hive_framework import TaskSpec, TaskStatus  # noqa: E402
+from hive_framework.broker.finished import finished_counts  # noqa: E402
 from hive_framework.hive import Hive  # noqa: E402
 from hive_framework.kernel import Kernel  # noqa: E402
 
@@ -107,7 +108,9 @@ async def soak(args: argparse.Namespace, redis_url: str, log_dir: Path) -> dict[
         row = {
             "t_s": round(time.monotonic() - started), "used_memory": int(info["used_memory"]),
             "keys": int(await redis.dbsize()), "dead_letters": int(await redis.zcard(keys.dead_letters)),
-            "finished_index": sum([int(await redis.zcard(keys.status_index(s))) for s in finals]),
+            # tasks finished within the result TTL (the records kept), from the bucketed counts
+            "finished_index": sum(count for status, count in (await finished_counts(
+                redis, keys, config.result_ttl)).items() if status in finals),
             "consumers": await consumers(redis, config.key_prefix),
             "nodes": int(await redis.scard(keys.nodes)),
             "ran": int(await redis.get(ns.counter) or 0),

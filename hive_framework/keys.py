@@ -46,8 +46,14 @@ class Keys:
         return f"{self.prefix}:progress:{task_id}"
 
     def status_index(self, status: TaskStatus | str) -> str:
-        """Sorted set of task ids in one status, scored by the time they entered it."""
+        """Sorted set of task ids in one status, scored by the time they entered it (a final status keeps only
+        the newest :data:`~hive_framework.broker.finished.RECENT_KEPT`; counts are in :meth:`finished`)."""
         return f"{self.prefix}:status:{status}"
+
+    def finished(self, status: TaskStatus | str, width: int, start: int) -> str:
+        """Counter of the tasks that reached the final ``status`` in the ``width``-second bucket from ``start``
+        (Unix time): how many finished in a window, kept without one entry per task (:mod:`.broker.finished`)."""
+        return f"{self.prefix}:finished:{status}:{width}:{start}"
 
     def done(self, task_id: str) -> str:
         """List that gets an element when the task reaches a final state; waiters block on it."""

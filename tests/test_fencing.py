@@ -186,10 +186,12 @@ async def test_a_save_that_landed_before_its_reply_was_lost_is_not_fenced_when_s
     # connection reset after the write does: redis-py or the spore sends it once more)
     engine = hive.broker.engine
     real = engine.record
+    resent: list[Any] = []
 
     async def reply_lost_once(items: Any) -> Any:
         await real(items)
-        return await real(items)
+        resent.append(await real(items))
+        return resent[-1]
 
     monkeypatch.setattr(engine, "record", reply_lost_once)
     task_id = await hive.submit("echo", {"x": 1})
@@ -205,3 +207,5 @@ async def test_a_save_that_landed_before_its_reply_was_lost_is_not_fenced_when_s
         TaskStatus.COMPLETED, 1, "a", "from a"
     )
     assert await hive.broker.redis.llen(hive.broker.keys.done(task_id)) == 1
+    # and neither save sent again was taken for a newer attempt's (the final record keeps no engine job)
+    assert len(resent) == 2 and all(outcome is not None for [outcome] in resent)

@@ -32,7 +32,7 @@ LONG_OUTAGE_S = float(os.environ.get("HIVE_OUTAGE_SECONDS", "10"))
 async def _completed(hive: Hive) -> int | None:
     """Completed tasks now, or ``None`` while Redis does not answer."""
     try:
-        return int(await hive.broker.redis.zcard(hive.broker.keys.status_index(TaskStatus.COMPLETED)))
+        return (await hive.broker.get_queue_stats())["tasks_completed"]
     except Exception as exc:
         if is_outage(exc):
             return None

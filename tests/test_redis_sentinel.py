@@ -23,13 +23,14 @@ import pytest
 import redis
 from redis.exceptions import RedisError
 
+from hive_framework import wire
 from hive_framework.broker.specs import TaskSpec
 from hive_framework.config import HiveConfig
 from hive_framework.connection import NotDurable
 from hive_framework.errors import RedisUnavailable
 from hive_framework.hive import Hive
 from hive_framework.kernel import Kernel
-from hive_framework.models import TaskStatus
+from hive_framework.models import TaskMessage, TaskStatus
 from hive_framework.testing import NexusProcess, SporeProcess, async_wait_until, fast_config, wait_until
 
 from .redis_servers import RedisProcess
@@ -200,13 +201,12 @@ async def run_failover(servers: SentinelSet, config: HiveConfig, tmp_path: Path)
 
             wait_until(settled, timeout=600, interval=0.5, what="every acknowledged task to finish")
             killed_at = kill_times[0]
-            first = client.zrangebyscore(f"{prefix}:status:{TaskStatus.COMPLETED}", killed_at, "+inf",
-                                         start=0, num=1, withscores=True)
+            finished = completed_times(client, prefix, acked)
+            first = min((t for t in finished.values() if t is not None and t >= killed_at), default=None)
             lost = sum(len(part) - int(client.exists(*(f"{prefix}:task:{t}" for t in part))) for part in chunks(acked))
             left = unfinished(client, prefix, acked)
             after = acked[acked_before_failover:] if acked_before_failover >= 0 else []
-            scores = client.zmscore(f"{prefix}:status:{TaskStatus.COMPLETED}", after)
-            completed_after = sum(score is not None for score in scores)
+            completed_after = sum(finished[t] is not None for t in after)
         finally:
             client.close()
         # the same spore processes, never restarted, beat on the new primary
@@ -215,7 +215,7 @@ async def run_failover(servers: SentinelSet, config: HiveConfig, tmp_path: Path)
         same = [p.name for p in spores if p.proc.poll() is None and pids[p.name] == p.proc.pid == beating.get(p.name)]
         return {
             "acked": len(acked), "refused_batches": refused, "lost": lost, "unfinished": left,
-            "first_completion_s": (first[0][1] - killed_at) if first else -1.0,
+            "first_completion_s": (first - killed_at) if first is not None else -1.0,
             "spores_same_process": len(same), "nexus_alive": float(nexus.proc.poll() is None),
             "acked_after_failover": len(after), "completed_after_failover": completed_after,
         }
@@ -230,13 +230,25 @@ def chunks(ids: list[str], size: int = 1000) -> Iterator[list[str]]:
         yield ids[start : start + size]
 
 
+def completed_times(client: redis.Redis, prefix: str, ids: list[str]) -> dict[str, float | None]:
+    """When each task completed (Unix time), from its record; ``None`` for one not completed or with no record
+    (the completed index keeps only the newest ids, so the records are what says it)."""
+    out: dict[str, float | None] = {}
+    for part in chunks(ids):
+        for task_id, raw in zip(part, client.mget([f"{prefix}:task:{t}" for t in part]), strict=True):
+            message = wire.loads(raw, TaskMessage) if raw is not None else None
+            out[task_id] = None
+            if message is not None and message.status == TaskStatus.COMPLETED and message.completed_at is not None:
+                out[task_id] = message.completed_at.timestamp()
+    return out
+
+
 def unfinished(client: redis.Redis, prefix: str, acked: list[str]) -> int:
     """Acknowledged tasks that exist and are not completed yet (lost ones are counted apart)."""
     count = 0
     for part in chunks(acked):
-        scores = client.zmscore(f"{prefix}:status:{TaskStatus.COMPLETED}", part)
-        missing = [t for t, score in zip(part, scores, strict=True) if score is None]
-        count += sum(1 for t in missing if client.exists(f"{prefix}:task:{t}"))
+        for raw in client.mget([f"{prefix}:task:{t}" for t in part]):
+            count += raw is not None and wire.loads(raw, TaskMessage).status != TaskStatus.COMPLETED
     return count
 
 

@@ -8,8 +8,11 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hive_framework import Kernel, TaskStatus, wire
+from hive_framework.broker import finished, records
 from hive_framework.broker.records import DONE_MARKER_TTL_MS, status_commands
 from hive_framework.models import NodeInfo, TaskMessage
 from hive_framework.nexus import Watchdog
@@ -165,3 +168,47 @@ async def test_a_waiter_on_a_finished_task_whose_done_marker_expired_returns_at_
     # that needed the marker would block and time out instead)
     again = await hive.wait(task_id, timeout=0.001)
     assert again.status == TaskStatus.COMPLETED
+
+
+async def test_a_final_index_keeps_the_newest_ids_while_the_counts_keep_every_task(hive, monkeypatch):
+    # Given final indexes that keep only the newest 3 ids (RECENT_KEPT is 1,000)
+    monkeypatch.setattr(records, "RECENT_KEPT", 3)
+    before = await hive.broker.get_queue_stats()
+    # When 5 tasks complete and 2 fail
+    ids = []
+    for i in range(7):
+        task_id = await hive.submit("echo", {"i": i})
+        ids.append(task_id)
+        message = await hive.status(task_id)
+        message.status = TaskStatus.COMPLETED if i < 5 else TaskStatus.FAILED
+        await hive.broker.save_task(message, TaskStatus.PENDING)
+    redis, keys = hive.broker.redis, hive.broker.keys
+    # Then the completed index holds the newest three of them, and the failed one both
+    assert [m.decode() for m in await redis.zrange(keys.status_index(TaskStatus.COMPLETED), 0, -1)] == ids[2:5]
+    assert await redis.zcard(keys.status_index(TaskStatus.FAILED)) == 2
+    # and the counts have every one, as has the Monitor's last minute
+    stats = await hive.broker.get_queue_stats()
+    added = (stats["tasks_completed"] - before["tasks_completed"], stats["tasks_failed"] - before["tasks_failed"])
+    assert added == (5, 2)
+    # and nothing per task is kept beside the records: one counter per status and bucket
+    counters = [k async for k in redis.scan_iter(match=f"{keys.prefix}:finished:*", count=1000)]
+    assert 0 < len(counters) <= 2 * 2 * 2  # two statuses, two widths, a bucket boundary crossed at most once
+
+
+@given(now=st.floats(min_value=1.6e9, max_value=2.1e9), ttl=st.floats(min_value=1.0, max_value=30 * 86400.0),
+       later=st.floats(min_value=0.0, max_value=1.0))
+def test_a_finished_count_is_read_while_in_its_window_and_its_key_lives_that_long(now: float, ttl: float,
+                                                                                   later: float) -> None:
+    # Given the counters one task finishing at `now` adds to (a 10 s throughput bucket and a count bucket)
+    keys = Kernel(fast_config("redis://127.0.0.1:6379/0", result_ttl=ttl)).keys
+    commands = finished.count_commands(keys, ttl, TaskStatus.COMPLETED, now)
+    expiry = {c[1]: c[2] for c in commands if c[0] == "PEXPIRE"}
+    width = finished.count_width(ttl)
+    [count_key] = [c[1] for c in commands if c[0] == "INCR" and c[1].split(":")[-2] == str(width)]
+    assert len(expiry) == len({c[1] for c in commands if c[0] == "INCR"})  # each counter counted once
+    # When the counts are read any time within the TTL after it
+    moment = now + later * ttl * 0.999
+    read = [keys.finished("completed", width, start) for start in finished._starts(width, moment - ttl, moment)]
+    # Then its bucket is among those read, and its key has not expired by then
+    assert count_key in read
+    assert now + expiry[count_key] / 1000 >= moment

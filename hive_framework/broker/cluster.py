@@ -15,6 +15,7 @@ from .. import wire
 from ..errors import InvalidTask, WireError
 from ..models import BroadcastMessage, BroadcastReply, NodeInfo, TaskMessage, TaskStatus, utcnow
 from ..redisutil import awaited, text, texts
+from .finished import finished_counts
 from .poison import dead_records, digest, quarantine
 
 if TYPE_CHECKING:
@@ -44,21 +45,20 @@ class ClusterMixin:
         async def get_tasks(self, task_ids: Sequence[str]) -> list[TaskMessage | None]: ...
 
     async def get_queue_stats(self) -> dict[str, int]:
-        """Counts for the whole cluster. Queue lengths include jobs a spore has started but not finished."""
-        cutoff = time.time() - self.config.result_ttl
+        """Counts for the whole cluster. Queue lengths include jobs a spore has started but not finished; a final
+        status counts the tasks that reached it within ``HIVE_RESULT_TTL`` (to within 1/120 of it)."""
+        live = [status for status in TaskStatus if not status.is_terminal]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for status in TaskStatus:
-                if status.is_terminal:
-                    pipe.zremrangebyscore(self.keys.status_index(status), "-inf", cutoff)
             self.engine.depth_ops(pipe)
-            for status in TaskStatus:
+            for status in live:
                 pipe.zcard(self.keys.status_index(status))
             results = await pipe.execute()
-        counts = results[-(len(TaskStatus) + 2) :]
-        by_status = dict(zip(TaskStatus, counts[2:], strict=True))
+        depths = results[-(len(live) + 2) :]
+        by_status = dict(zip(live, depths[2:], strict=True))
+        by_status.update(await finished_counts(self.redis, self.keys, self.config.result_ttl))
         return {
-            "high_priority_queue": counts[0],
-            "background_queue": counts[1],
+            "high_priority_queue": depths[0],
+            "background_queue": depths[1],
             "tasks_pending": by_status[TaskStatus.PENDING] + by_status[TaskStatus.RETRYING],
             "tasks_running": by_status[TaskStatus.RUNNING],
             "tasks_completed": by_status[TaskStatus.COMPLETED],

@@ -63,6 +63,13 @@ class Fence:
         """The fence of a record as read: it must be unchanged when the write lands."""
         return cls(message.status.value, message.attempt, message.engine_job_id or "", message.assigned_node or "")
 
+    @classmethod
+    def stored(cls, message: TaskMessage) -> Fence:
+        """What the record shows once ``message`` is written: a final record keeps no engine job
+        (:data:`~hive_framework.broker.records.LIVE_ONLY_FIELDS`)."""
+        job = "" if message.is_terminal else message.engine_job_id or ""
+        return cls(message.status.value, message.attempt, job, message.assigned_node or "")
+
     def argv(self) -> list[str]:
         """The fence as arguments of the streams engine's ``guarded.lua``."""
         return [self.status, str(self.attempt), self.job, self.node]

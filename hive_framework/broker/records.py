@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import wire
 from ..models import TaskMessage, TaskStatus
+from .finished import RECENT_KEPT, count_commands
+from .finished import Command as Command
 
 if TYPE_CHECKING:
     from ..config import HiveConfig
@@ -31,8 +33,6 @@ DONE_MARKER_TTL_MS = 10_000
 #: Fields of a task record that only a live task needs: a finished record is written without them.
 LIVE_ONLY_FIELDS = ("queue", "engine_job_id")
 
-#: One Redis command: its name, then its arguments.
-Command = tuple[Any, ...]
 
 
 def status_commands(
@@ -76,9 +76,12 @@ def status_commands(
     score = repr(message.eta.timestamp()) if message.status == TaskStatus.SCHEDULED and message.eta else now
     out.append(("ZADD", keys.status_index(message.status), score, task_id))
     if message.is_terminal:
-        # Bounded without any reader: a final index drops the entries whose record has expired.
-        cutoff = repr(time.time() - config.result_ttl)
-        out.append(("ZREMRANGEBYSCORE", keys.status_index(message.status), "-inf", cutoff))
+        # Bounded without any reader: a final index keeps the newest ids whose record has not expired (the
+        # Monitor's list); the counts are bucketed counters.
+        index = keys.status_index(message.status)
+        out.append(("ZREMRANGEBYSCORE", index, "-inf", repr(time.time() - config.result_ttl)))
+        out.append(("ZREMRANGEBYRANK", index, 0, -RECENT_KEPT - 1))
+        out += count_commands(keys, config.result_ttl, message.status, float(now))
     if message.status == TaskStatus.FAILED:
         out.append(("ZADD", keys.dead_letters, now, task_id))
         out.append(("ZREMRANGEBYSCORE", keys.dead_letters, "-inf", repr(time.time() - config.result_ttl)))

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .. import redisutil, wire
+from ..broker.finished import THROUGHPUT_BUCKET_S, throughput
 from ..broker.placement import is_unserved, unserved_reason, waiting_for_spores
 from ..foreman import ForemanAgent
 from ..models import NodeInfo, TaskMessage, TaskStatus, utcnow
@@ -157,15 +158,17 @@ class Monitor:
         end = math.ceil(now / step) * step
         starts = [end - (count - i) * step for i in range(count)]
         finished = (TaskStatus.COMPLETED, TaskStatus.FAILED)
-        async with self.broker.redis.pipeline(transaction=False) as pipe:
-            for status in finished:
-                for start in starts:
-                    pipe.zcount(self.keys.status_index(status), start, f"({start + step}")
-            for status in finished:
-                pipe.zcount(self.keys.status_index(status), now - 60, "+inf")
-            results = await pipe.execute()
-        series = {status.value: results[i * count : (i + 1) * count] for i, status in enumerate(finished)}
-        last_minute = results[len(finished) * count :]
+        # The stored buckets are 10 s wide: a wider step sums them, and the last minute is the latest six.
+        width = THROUGHPUT_BUCKET_S
+        per = max(step // width, 1)
+        last = math.floor(now / width) * width
+        minute = [last - k * width for k in range(60 // width)]
+        fine = sorted({start + k * width for start in starts for k in range(per)}.union(minute))
+        counted = await throughput(self.broker.redis, self.keys, finished, fine)
+        at = {status: dict(zip(fine, counted[status], strict=True)) for status in finished}
+        series = {status.value: [sum(at[status].get(start + k * width, 0) for k in range(per)) for start in starts]
+                  for status in finished}
+        last_minute = [sum(at[status][start] for start in minute) for status in finished]
         return {
             "stats": stats,
             "waiting_for_spores": {t: {"tasks": n, "reason": unserved_reason(t)} for t, n in waiting_for.items()},

@@ -161,7 +161,7 @@ class ArqEngine(Engine):
                     # The record shows what this very save of a spore's attempt writes (its node, attempt and
                     # job): it landed before its reply was lost (a reset), and this is it sent again. Not
                     # fenced: it stands, and writing it twice would only repeat it.
-                    already = bool(message.assigned_node) and Fence.of(message).holds(stored)
+                    already = bool(message.assigned_node) and Fence.stored(message).holds(stored)
                     if not already:
                         fenced_out.append(message)
                         gone = True

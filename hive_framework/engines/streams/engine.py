@@ -166,7 +166,7 @@ class StreamsEngine(Engine):
                 commands.append(("ZADD", self.delayed, repr(message.eta.timestamp() * 1000), member))
         if message.is_terminal:
             commands.append(("SMEMBERS", self.keys.dependents(message.task_id)))
-        argv: list[Any] = [*fence.argv(), *Fence.of(message).argv()] if fence is not None else [""] * 8
+        argv: list[Any] = [*fence.argv(), *Fence.stored(message).argv()] if fence is not None else [""] * 8
         for command in commands:
             argv += [len(command), *command]
         return [self.keys.cancelled(message.task_id), self.keys.task(message.task_id)], argv
