@@ -59,6 +59,11 @@ class Keys:
         """List that gets an element when the task reaches a final state; waiters block on it."""
         return f"{self.prefix}:done:{task_id}"
 
+    def waiters(self, task_id: str) -> str:
+        """Marker a waiter sets (with a TTL) before it reads the record: only a task with one gets a ``done`` list
+        when it becomes final, so a finished task nobody waits for keeps nothing but its record."""
+        return f"{self.prefix}:waiters:{task_id}"
+
     def cancelled(self, task_id: str) -> str:
         """Marker set when a task is cancelled, so a spore finishing it never overwrites the cancellation."""
         return f"{self.prefix}:cancelled:{task_id}"

@@ -36,6 +36,15 @@ async def wait_for_order_length(hive: Hive, length: int, timeout: float = 15.0) 
     return await async_wait_until(long_enough, timeout=timeout, what=f"{length} task starts to be recorded")
 
 
+async def count_outcomes(hive: Hive, task_ids: Iterable[str], ttl_ms: int = 600_000) -> None:
+    """Mark the tasks as waited for (as ``wait`` does, for longer), so that every final save of each pushes onto
+    its ``done`` list, kept as long as the mark: the list's length then counts the outcomes recorded."""
+    async with hive.broker.redis.pipeline(transaction=False) as pipe:
+        for task_id in task_ids:
+            pipe.set(hive.broker.keys.waiters(task_id), b"1", px=ttl_ms)
+        await pipe.execute()
+
+
 async def wait_for_nodes(hive: Hive, names: Iterable[str], timeout: float = 20.0) -> None:
     """Until a live heartbeat of every named spore is in Redis (a spore subscribes to broadcasts before it)."""
     wanted = set(names)

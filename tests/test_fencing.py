@@ -15,7 +15,7 @@ from redis.exceptions import WatchError
 from hive_framework import Kernel, TaskMessage, TaskStatus
 from hive_framework.broker import AttemptRunner, Delivery, Fence
 
-from .integration_helpers import BASIC
+from .integration_helpers import BASIC, count_outcomes
 
 pytestmark = [pytest.mark.redis]
 
@@ -85,6 +85,7 @@ async def test_a_requeued_zombie_attempt_does_not_overwrite_the_requeued_task(hi
 async def test_an_attempt_begun_from_a_stale_read_does_not_reopen_a_finished_task(hive, monkeypatch):
     # Given a task begun on spore a, and spore b reading it then (its lease lapsing in a partition)
     task_id = await hive.submit("echo", {"x": 1})
+    await count_outcomes(hive, [task_id])
     delivery = await _delivery(hive, task_id)
     (first,) = await _runner(hive, "a", "from a").begin([delivery])
     stale = await hive.broker.get_tasks([task_id])
@@ -195,6 +196,7 @@ async def test_a_save_that_landed_before_its_reply_was_lost_is_not_fenced_when_s
 
     monkeypatch.setattr(engine, "record", reply_lost_once)
     task_id = await hive.submit("echo", {"x": 1})
+    await count_outcomes(hive, [task_id])
     # When an attempt begins and completes that way
     begun = await _runner(hive, "a", "from a").begin([await _delivery(hive, task_id)])
     # Then the begin stands (it is the spore's own write, not a newer attempt's): the attempt runs

@@ -22,7 +22,7 @@ from hive_framework.testing import async_wait_until, child_env, fast_config, hiv
 from hive_framework.testing.faultproxy import FaultProxy
 from hive_framework.testing.netns import Host, TestNet, require_netns
 
-from .integration_helpers import REPO_ROOT
+from .integration_helpers import REPO_ROOT, count_outcomes
 
 SKILLS = "tests.apps.skills"
 
@@ -114,6 +114,7 @@ async def test_a_partitioned_host_loses_nothing_and_records_each_task_once(net_h
         await wait_nodes(hive, {"a", "b"})
         ids = await hive.submit_many([TaskSpec(task_type="scan", payload={"seconds": 0.5}, allow_unknown=True)
                                       for _ in range(100)])
+        await count_outcomes(hive, ids)
 
         async def a_runs() -> bool:
             return any(m is not None and m.assigned_node == "a" and m.status == TaskStatus.RUNNING

@@ -3,6 +3,7 @@ the watchdog's sweep, offline nodes are forgotten, and consumers of stopped spor
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -154,7 +155,7 @@ def test_a_done_marker_lives_seconds_while_the_record_lives_the_result_ttl():
     commands = status_commands(keys, config, message, TaskStatus.RUNNING)
     # Then the record is kept for the day and the waiters' wake-up list for seconds only
     assert ("PSETEX", keys.task("t1"), 86_400_000) == commands[0][:3]
-    assert ("PEXPIRE", keys.done("t1"), DONE_MARKER_TTL_MS) in commands
+    assert (records.WAKE, keys.waiters("t1"), keys.done("t1"), "completed", DONE_MARKER_TTL_MS) in commands
     assert DONE_MARKER_TTL_MS <= 30_000
 
 
@@ -168,6 +169,22 @@ async def test_a_waiter_on_a_finished_task_whose_done_marker_expired_returns_at_
     # that needed the marker would block and time out instead)
     again = await hive.wait(task_id, timeout=0.001)
     assert again.status == TaskStatus.COMPLETED
+
+
+async def test_only_a_task_someone_waits_for_gets_a_done_list(hive, run_spore):
+    # Given a spore, a task nobody waits for and one a client waits on while it runs
+    await run_spore(name="wake", concurrency=2)
+    unwatched = await hive.submit("echo", {"i": 1})
+    watched = await hive.submit("sleep_async", {"seconds": 0.5})
+    waiter = asyncio.create_task(hive.wait(watched, timeout=30))
+    # When both complete
+    assert (await waiter).status == TaskStatus.COMPLETED
+    assert (await hive.wait(unwatched, timeout=30)).status == TaskStatus.COMPLETED
+    # Then the spore's save woke the waiter through a done list, and the other task got none
+    redis, keys = hive.broker.redis, hive.broker.keys
+    assert await redis.llen(keys.done(watched)) == 1
+    assert 0 < await redis.pttl(keys.done(watched)) <= records.WAITER_MARK_TTL_MS
+    assert not await redis.exists(keys.done(unwatched))
 
 
 async def test_a_final_index_keeps_the_newest_ids_while_the_counts_keep_every_task(hive, monkeypatch):

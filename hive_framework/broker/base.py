@@ -33,7 +33,7 @@ from .cluster import ClusterMixin
 from .engine import Delivery, Engine, Guard, Previous
 from .placement import UNSERVED, TypeView, unserved_key, unserved_reason
 from .poison import quarantine
-from .records import add_to_pipeline, status_commands
+from .records import WAITER_MARK_TTL_MS, add_to_pipeline, status_commands
 from .recovery import RecoveryMixin
 from .specs import TaskSpec, build_message, check_headers, check_key
 
@@ -533,7 +533,12 @@ return held
         done_key = self.keys.done(task_id)
         while True:
             raise_if_cancelling()
-            message = await self.get_task_status(task_id)
+            # The marker lands before the read: a task finishing after the read sees it and pushes the done list.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(self.keys.waiters(task_id), b"1", px=WAITER_MARK_TTL_MS)
+                pipe.get(self.keys.task(task_id))
+                _, raw = await pipe.execute()
+            (message,) = await self.get_tasks([task_id], [raw])
             if message is None:
                 raise InvalidTask(f"no task with id {task_id!r}")
             if message.is_terminal:

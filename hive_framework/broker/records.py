@@ -30,6 +30,21 @@ MAX_DEAD_LETTERS = 100_000
 #: at most 5 s, never the outcome). Kept longer, it was a fifth of a finished task's memory.
 DONE_MARKER_TTL_MS = 10_000
 
+#: How long a waiter's marker lives (ms): longer than one pass of its loop (a blocking wait of at most 5 s).
+WAITER_MARK_TTL_MS = 15_000
+#: A pseudo-command of :func:`status_commands`: ``HIVE.WAKE waiters-key done-key status ttl-ms`` pushes ``status``
+#: onto the done list only when the waiters' marker exists; the list lives ``ttl-ms``, or as long as the marker
+#: when that is longer. Run as :data:`WAKE_SCRIPT` in a pipeline, inlined by the streams engine's ``guarded.lua``
+#: (a script cannot call another).
+WAKE = "HIVE.WAKE"
+WAKE_SCRIPT = """
+local marked = redis.call('PTTL', KEYS[1])
+if marked ~= -2 then
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  redis.call('PEXPIRE', KEYS[2], math.max(tonumber(ARGV[2]), marked))
+end
+"""
+
 #: Fields of a task record that only a live task needs: a finished record is written without them.
 LIVE_ONLY_FIELDS = ("queue", "engine_job_id")
 
@@ -58,8 +73,8 @@ def status_commands(
     if message.is_terminal:
         ttl = int(config.result_ttl * 1000)
         out.append(("PSETEX", keys.task(task_id), ttl, data))
-        out.append(("RPUSH", keys.done(task_id), message.status.value))
-        out.append(("PEXPIRE", keys.done(task_id), min(ttl, DONE_MARKER_TTL_MS)))
+        out.append((WAKE, keys.waiters(task_id), keys.done(task_id), message.status.value,
+                    min(ttl, DONE_MARKER_TTL_MS)))
         if message.job_id:
             events = keys.job_events(message.job_id)
             out.append(("XADD", events, "*", "task_id", task_id, "status", message.status.value))
@@ -92,6 +107,9 @@ def status_commands(
 
 
 def add_to_pipeline(pipe: Any, commands: list[Command]) -> None:
-    """Queue ``commands`` on a redis-py pipeline."""
+    """Queue ``commands`` on a redis-py pipeline (a wake-up as its script)."""
     for command in commands:
-        pipe.execute_command(*command)
+        if command[0] == WAKE:
+            pipe.eval(WAKE_SCRIPT, 2, *command[1:])
+        else:
+            pipe.execute_command(*command)

@@ -17,6 +17,8 @@
 --          {prefix}:streams:entries), a retry's schedule (ZADD {prefix}:streams:delayed), and last SMEMBERS
 --          {prefix}:dependents:{id} when the task became final. Keys in ARGV are all under the prefix;
 --          they are built by the broker, never from wire data.
+--          A pseudo-command HIVE.WAKE waiters-key done-key status ttl-ms pushes status onto the done list only
+--          when a waiter set its marker, kept ttl-ms or as long as the marker (records.WAKE_SCRIPT, inlined).
 --          One pseudo-command, HIVE.REQUEUE stream entries-hash task-id job-id, appends the task's entry
 --          to its stream again and remembers its entry id (a handed-back task): add.lua inlined, as a
 --          script cannot call another.
@@ -46,6 +48,12 @@ while i <= #ARGV do
   local n = tonumber(ARGV[i])
   if landed then
     if ARGV[i + 1] == 'SMEMBERS' then reply = redis.call('SMEMBERS', ARGV[i + 2]) end
+  elseif ARGV[i + 1] == 'HIVE.WAKE' then
+    local marked = redis.call('PTTL', ARGV[i + 2])
+    if marked ~= -2 then
+      redis.call('RPUSH', ARGV[i + 3], ARGV[i + 4])
+      reply = redis.call('PEXPIRE', ARGV[i + 3], math.max(tonumber(ARGV[i + 5]), marked))
+    end
   elseif ARGV[i + 1] == 'HIVE.REQUEUE' then
     local id = redis.call('XADD', ARGV[i + 2], '*', 't', ARGV[i + 4], 'j', ARGV[i + 5])
     reply = redis.call('HSET', ARGV[i + 3], ARGV[i + 5], id)
