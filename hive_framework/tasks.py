@@ -359,6 +359,6 @@ class TaskContext:
             return {}
         raws = await self.redis.mget([self.kernel.keys.task(t) for t in ids])
         return {
-            t: (wire.loads(r, TaskMessage).result if r is not None else None)
+            t: (wire.loads(r, TaskMessage, known={"task_id": t}).result if r is not None else None)
             for t, r in zip(ids, raws, strict=True)
         }

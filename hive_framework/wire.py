@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -63,12 +63,16 @@ def dumps(obj: Any, *, omit_defaults: bool = False, leave_out: Collection[str] =
         raise WireError(f"cannot encode {type(obj).__name__} as JSON: {exc}") from exc
 
 
-def loads(data: bytes | str, cls: type[T]) -> T:
-    """Decode JSON bytes into ``cls``; any malformed input raises :class:`WireError` naming the model."""
+def loads(data: bytes | str, cls: type[T], *, known: Mapping[str, Any] | None = None) -> T:
+    """Decode JSON bytes into ``cls``; any malformed input raises :class:`WireError` naming the model.
+
+    ``known``: fields the reader knows already (a task's id, from its key), taken when the data leaves them out."""
     try:
         raw = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # deep nesting: RecursionError
         raise WireError(f"{cls.__name__}: not valid JSON ({exc})") from exc
+    if known and isinstance(raw, dict):
+        raw = {**known, **raw}
     return structure(raw, cls)
 
 

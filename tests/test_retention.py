@@ -137,7 +137,7 @@ async def test_a_finished_record_is_stored_without_its_default_fields_and_reads_
     stored = json.loads(await hive.broker.redis.get(hive.broker.keys.task(task_id)))
     assert {"error", "depends_on", "chunk", "headers", "progress", "wait_timeout"}.isdisjoint(stored)
     # nor the engine's bookkeeping, and its times are integers (microseconds since the epoch)
-    assert {"queue", "engine_job_id"}.isdisjoint(stored)
+    assert {"queue", "engine_job_id", "task_id"}.isdisjoint(stored)
     assert all(isinstance(stored[k], int) for k in ("created_at", "started_at", "completed_at"))
     assert len(wire.dumps(done, omit_defaults=True)) < len(wire.dumps(done))
     # and the record reads back with every field

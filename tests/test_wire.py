@@ -110,6 +110,17 @@ def test_a_time_that_is_neither_iso_text_nor_whole_microseconds_is_a_wire_error(
         wire.loads(data, TaskMessage)
 
 
+@given(task_id=st.text(min_size=1, max_size=40))
+def test_a_finished_record_without_its_id_reads_back_with_the_id_of_its_key(task_id: str) -> None:
+    # Given a finished task stored as the broker stores it (no id: its key has it)
+    message = TaskMessage(task_id=task_id, task_type="echo", status=TaskStatus.COMPLETED, result=[1])
+    data = wire.dumps(message, omit_defaults=True, leave_out=("task_id",))
+    assert "task_id" not in json.loads(data)
+    # Then read under its key's id it is the task again, and an id the data has wins over the one given
+    assert wire.loads(data, TaskMessage, known={"task_id": task_id}) == message
+    assert wire.loads(wire.dumps(message), TaskMessage, known={"task_id": "other"}).task_id == task_id
+
+
 def test_minimal_task_message_gets_its_defaults_on_load() -> None:
     # Given only the required keys (as an older or foreign writer might send)
     message = wire.loads(b'{"task_id": "t1", "task_type": "echo"}', TaskMessage)

@@ -28,6 +28,7 @@ from ..embedded import unreachable
 from ..errors import BrokerNotConnected, InvalidTask, WaitTimeout, WireError
 from ..models import NodeInfo, TaskMessage, TaskProgress, TaskStatus, utcnow
 from ..redisutil import awaited, raise_if_cancelling, text, texts
+from . import records
 from .batch import Batches
 from .cluster import ClusterMixin
 from .engine import Delivery, Engine, Guard, Previous
@@ -425,7 +426,7 @@ return held
         if raw is None:
             return None
         try:
-            message = wire.loads(raw, TaskMessage)
+            message = records.decode(task_id, raw)
         except WireError:
             return await self.get_task_status(task_id)  # quarantines the poison record, reads as None
         if raw_progress is not None:
@@ -454,7 +455,7 @@ return held
         out: list[TaskMessage | None] = []
         for task_id, raw in zip(ids, raws, strict=True):
             try:
-                out.append(None if raw is None else wire.loads(raw, TaskMessage))
+                out.append(None if raw is None else records.decode(task_id, raw))
             except WireError as exc:
                 await self.quarantine_task(task_id, raw, str(exc))
                 out.append(None)

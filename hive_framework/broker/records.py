@@ -47,6 +47,8 @@ end
 
 #: Fields of a task record that only a live task needs: a finished record is written without them.
 LIVE_ONLY_FIELDS = ("queue", "engine_job_id")
+#: Left out of a finished record too: its key says it, and every reader reads by it (:func:`decode`).
+KEY_FIELDS = ("task_id",)
 
 
 
@@ -62,10 +64,10 @@ def status_commands(
     now = repr(time.time())
     if message.is_terminal:
         # Kept for HIVE_RESULT_TTL and read only through the model, so compact: no default fields, times as
-        # integers, and none of the engine's bookkeeping (its stream and job), which only a live task needs (a
-        # retry by hand places the task afresh). A live record keeps every field: the Lua fence and the
-        # backlog read them raw.
-        data = wire.dumps(message, omit_defaults=True, leave_out=LIVE_ONLY_FIELDS)
+        # integers, no id (its key has it), and none of the engine's bookkeeping (its stream and job), which only
+        # a live task needs (a retry by hand places the task afresh). A live record keeps every field: the Lua
+        # fence and the backlog read them raw.
+        data = wire.dumps(message, omit_defaults=True, leave_out=(*LIVE_ONLY_FIELDS, *KEY_FIELDS))
     else:
         data = wire.dumps(message)
     task_id = message.task_id
@@ -104,6 +106,12 @@ def status_commands(
     elif previous in ("unknown", TaskStatus.FAILED):
         out.append(("ZREM", keys.dead_letters, task_id))
     return out
+
+
+def decode(task_id: str, raw: bytes | str) -> TaskMessage:
+    """The task stored under ``task_id``'s key (a finished record leaves its id to the key); raises
+    :class:`~hive_framework.errors.WireError` for a record that does not decode."""
+    return wire.loads(raw, TaskMessage, known={"task_id": task_id})
 
 
 def add_to_pipeline(pipe: Any, commands: list[Command]) -> None:
