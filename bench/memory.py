@@ -45,19 +45,22 @@ async def measure(args: argparse.Namespace, redis_url: str, log_dir: Path) -> di
     hive = await Hive(Kernel(config, apps=["bench.jobs"])).open()
     redis = hive.broker.redis
 
+    async def count_keys(pattern: str) -> int:
+        return sum([1 async for _ in redis.scan_iter(match=pattern, count=10_000)])
+
     async def sample(label: str) -> dict[str, Any]:
         info = await redis.info("memory")
         stats = await redis.memory_stats()
         row: dict[str, Any] = {"at": label, "used_memory": int(info["used_memory"]), "keys": int(await redis.dbsize()),
-               # tasks finished within the result TTL (the records kept), from the bucketed counts
-               "completed_index": (await hive.broker.get_queue_stats())["tasks_completed"],
+               # the task records kept (every task pushed has finished when a row is taken)
+               "records_kept": await count_keys(hive.broker.keys.task("*")),
                # the server's own memory that no key holds: connections' buffers, the Lua script cache and the
                # keyspace's hash tables (sized for the most keys seen; Redis shrinks them later, in its cron)
                "clients": int(stats["clients.normal"]), "lua_caches": int(stats["lua.caches"]),
                "tables": sum(int(v.get("overhead.hashtable.main", 0)) + int(v.get("overhead.hashtable.expires", 0))
                              for k, v in stats.items() if k.startswith("db.") and isinstance(v, dict))}
         log(f"{label:>14}: used_memory {row['used_memory'] / 2**20:8.2f} MiB, keys {row['keys']:>9,}, "
-            f"finished tasks kept {row['completed_index']:>9,}, client buffers {row['clients'] / 2**20:.2f} MiB, "
+            f"finished tasks kept {row['records_kept']:>9,}, client buffers {row['clients'] / 2**20:.2f} MiB, "
             f"script cache {row['lua_caches'] / 2**10:.0f} KiB, keyspace tables {row['tables'] / 2**20:.2f} MiB")
         return row
 
@@ -103,16 +106,19 @@ async def measure(args: argparse.Namespace, redis_url: str, log_dir: Path) -> di
 
     base, full, after = rows[0]["used_memory"], rows[-2]["used_memory"], rows[-1]["used_memory"]
     # finished tasks still kept at the end (a run longer than the TTL has let the first ones expire)
-    kept = max(rows[-2]["completed_index"], 1)
+    kept = max(rows[-2]["records_kept"], 1)
     summary = {
         "broker": config.broker, "tasks": args.n, "ttl_s": args.ttl, "rows": rows, "kept_at_end": kept,
         "bytes_per_finished_task": round((full - base) / kept, 1),
+        # over every task record Redis holds, the expired ones its expiry cycle has not reclaimed yet included
+        "bytes_per_record_held": round((full - base) / max(rows[-2]["keys"], 1), 1),
         "after_ttl_vs_baseline_pct": round(100 * (after - base) / base, 1),
         "left_in_keys_bytes": left,
         # what the hive's data adds once the results expired: used_memory less the server's own growth
         "after_ttl_data_vs_baseline_pct": round(100 * (own(rows[-1]) - own(rows[0])) / base, 1),
     }
-    log(f"per finished task kept: {summary['bytes_per_finished_task']} B; after the TTL: "
+    log(f"per finished task kept: {summary['bytes_per_finished_task']} B (per record held, expired ones not yet "
+        f"reclaimed included: {summary['bytes_per_record_held']} B); after the TTL: "
         f"{summary['after_ttl_vs_baseline_pct']:+.1f} % of the baseline, "
         f"{summary['after_ttl_data_vs_baseline_pct']:+.1f} % without client buffers, the script cache and the "
         "keyspace tables")
