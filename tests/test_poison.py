@@ -9,6 +9,7 @@ import base64
 import contextlib
 import json
 import os
+import time
 import uuid
 
 import pytest
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hive_framework import Kernel, TaskStatus
+from hive_framework.broker.finished import THROUGHPUT_BUCKET_S, count_commands
 from hive_framework.broker.placement import registry_key, unserved_key
 from hive_framework.broker.poison import RAW_CAP, dead_records
 from hive_framework.cli import cli
@@ -67,6 +69,13 @@ async def plant(hive: Hive, tag: str, data: st.DataObject) -> tuple[str, bytes]:
     else:
         await redis.psetex(engine.arq_keys.job(bad_id), 60_000, data.draw(junk, label="arq job"))
         await redis.zadd(queue, {bad_id: 0, data.draw(junk, label="queue member") or b"q": 0})
+    # the finished-tasks counters the next completion adds to: text, and a key of another type
+    now = time.time()
+    for command in count_commands(keys, broker.config.result_ttl, TaskStatus.COMPLETED, now):
+        await redis.delete(command[1])
+        await redis.set(command[1], data.draw(junk, label="counter"))
+    await redis.delete(keys.finished(TaskStatus.COMPLETED.value, THROUGHPUT_BUCKET_S, int(now // 10 * 10) + 10))
+    await redis.rpush(keys.finished(TaskStatus.COMPLETED.value, THROUGHPUT_BUCKET_S, int(now // 10 * 10) + 10), b"l")
     # and a broadcast that does not decode
     await redis.publish(keys.broadcast_channel, data.draw(junk, label="broadcast"))
     return bad_id, record

@@ -219,10 +219,10 @@ def test_a_finished_count_is_read_while_in_its_window_and_its_key_lives_that_lon
     # Given the counters one task finishing at `now` adds to (a 10 s throughput bucket and a count bucket)
     keys = Kernel(fast_config("redis://127.0.0.1:6379/0", result_ttl=ttl)).keys
     commands = finished.count_commands(keys, ttl, TaskStatus.COMPLETED, now)
-    expiry = {c[1]: c[2] for c in commands if c[0] == "PEXPIRE"}
+    expiry = {c[1]: c[2] for c in commands if c[0] == finished.COUNT}
     width = finished.count_width(ttl)
-    [count_key] = [c[1] for c in commands if c[0] == "INCR" and c[1].split(":")[-2] == str(width)]
-    assert len(expiry) == len({c[1] for c in commands if c[0] == "INCR"})  # each counter counted once
+    [count_key] = [key for key in expiry if key.split(":")[-2] == str(width)]
+    assert len(expiry) == len([c for c in commands if c[0] == finished.COUNT])  # each counter counted once
     # When the counts are read any time within the TTL after it
     moment = now + later * ttl * 0.999
     read = [keys.finished("completed", width, start) for start in finished._starts(width, moment - ttl, moment)]

@@ -39,6 +39,15 @@ COUNT_BUCKETS = 120
 FINAL = tuple(status for status in TaskStatus if status.is_terminal)
 #: One Redis command: its name, then its arguments.
 Command = tuple[Any, ...]
+#: A pseudo-command of :func:`count_commands`: ``HIVE.COUNT key ttl-ms`` adds one to the counter and sets its
+#: expiry; a key that holds no counter (planted, or of another type) is counted afresh instead of failing the
+#: final save it is part of. Run as :data:`COUNT_SCRIPT` in a pipeline, inlined by ``guarded.lua``.
+COUNT = "HIVE.COUNT"
+COUNT_SCRIPT = """
+local added = redis.pcall('INCR', KEYS[1])
+if type(added) == 'table' and added.err then redis.call('SET', KEYS[1], 1) end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+"""
 
 
 def count_width(result_ttl: float) -> int:
@@ -55,10 +64,17 @@ def count_commands(keys: Keys, result_ttl: float, status: TaskStatus, now: float
     for width, keep in keeps.items():
         start = int(now // width) * width
         key = keys.finished(status.value, width, start)
-        out.append(("INCR", key))
         # the key outlives its bucket by the window, so a count over the window never misses a bucket in it
-        out.append(("PEXPIRE", key, max(int((start + width + keep - now) * 1000), 1)))
+        out.append((COUNT, key, max(int((start + width + keep - now) * 1000), 1)))
     return out
+
+
+def _count(value: Any) -> int:
+    """A counter as read (``None``: no key); what is no count (planted) reads as 0."""
+    try:
+        return int(value) if value is not None else 0
+    except ValueError:
+        return 0
 
 
 def _starts(width: int, since: float, until: float) -> list[int]:
@@ -77,7 +93,7 @@ async def finished_counts(redis: Redis, keys: Keys, result_ttl: float, now: floa
     values = await awaited(redis.mget(names))
     out: dict[TaskStatus, int] = {}
     for i, status in enumerate(statuses):
-        out[status] = sum(int(v) for v in values[i * len(starts) : (i + 1) * len(starts)] if v is not None)
+        out[status] = sum(_count(v) for v in values[i * len(starts) : (i + 1) * len(starts)])
     return out
 
 
@@ -87,6 +103,6 @@ async def throughput(redis: Redis, keys: Keys, statuses: Sequence[TaskStatus], s
     names = [keys.finished(s.value, THROUGHPUT_BUCKET_S, start) for s in statuses for start in starts]
     values = await awaited(redis.mget(names)) if names else []
     return {
-        status: [int(v) if v is not None else 0 for v in values[i * len(starts) : (i + 1) * len(starts)]]
+        status: [_count(v) for v in values[i * len(starts) : (i + 1) * len(starts)]]
         for i, status in enumerate(statuses)
     }

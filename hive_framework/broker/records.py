@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import wire
 from ..models import TaskMessage, TaskStatus
-from .finished import RECENT_KEPT, count_commands
+from .finished import COUNT, COUNT_SCRIPT, RECENT_KEPT, count_commands
 from .finished import Command as Command
 
 if TYPE_CHECKING:
@@ -119,5 +119,7 @@ def add_to_pipeline(pipe: Any, commands: list[Command]) -> None:
     for command in commands:
         if command[0] == WAKE:
             pipe.eval(WAKE_SCRIPT, 2, *command[1:])
+        elif command[0] == COUNT:
+            pipe.eval(COUNT_SCRIPT, 1, *command[1:])
         else:
             pipe.execute_command(*command)

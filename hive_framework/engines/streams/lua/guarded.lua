@@ -19,6 +19,8 @@
 --          they are built by the broker, never from wire data.
 --          A pseudo-command HIVE.WAKE waiters-key done-key status ttl-ms pushes status onto the done list only
 --          when a waiter set its marker, kept ttl-ms or as long as the marker (records.WAKE_SCRIPT, inlined).
+--          HIVE.COUNT key ttl-ms adds one to a finished-tasks counter, counting afresh where the key holds no
+--          counter (finished.COUNT_SCRIPT, inlined).
 --          One pseudo-command, HIVE.REQUEUE stream entries-hash task-id job-id, appends the task's entry
 --          to its stream again and remembers its entry id (a handed-back task): add.lua inlined, as a
 --          script cannot call another.
@@ -54,6 +56,10 @@ while i <= #ARGV do
       redis.call('RPUSH', ARGV[i + 3], ARGV[i + 4])
       reply = redis.call('PEXPIRE', ARGV[i + 3], math.max(tonumber(ARGV[i + 5]), marked))
     end
+  elseif ARGV[i + 1] == 'HIVE.COUNT' then
+    local added = redis.pcall('INCR', ARGV[i + 2])
+    if type(added) == 'table' and added.err then redis.call('SET', ARGV[i + 2], 1) end
+    reply = redis.call('PEXPIRE', ARGV[i + 2], ARGV[i + 3])
   elseif ARGV[i + 1] == 'HIVE.REQUEUE' then
     local id = redis.call('XADD', ARGV[i + 2], '*', 't', ARGV[i + 4], 'j', ARGV[i + 5])
     reply = redis.call('HSET', ARGV[i + 3], ARGV[i + 5], id)
