@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import attrs
 
+from . import wire
 from .config import HiveConfig
-from .models import TaskStatus
+from .models import TaskMessage, TaskStatus
 
 
 @attrs.frozen
@@ -174,3 +175,9 @@ class Keys:
     def node_queue(self, node_id: str) -> str:
         """Queue read only by one node (tasks assigned to it)."""
         return f"{self.prefix}:tasks:node:{node_id}"
+
+
+def read_task(task_id: str, raw: bytes | str) -> TaskMessage:
+    """The task stored under :meth:`Keys.task` ``(task_id)`` (a finished record leaves its id to the key); raises
+    :class:`~hive_framework.errors.WireError` for a record that does not decode."""
+    return wire.loads(raw, TaskMessage, known={"task_id": task_id})

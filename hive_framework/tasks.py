@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, overload
 import attrs
 
 from . import wire
+from .keys import read_task
 from .limits import Rate, TypeLimit, check_concurrency
 from .models import TaskProgress
 
@@ -351,14 +352,11 @@ class TaskContext:
 
     async def dependency_results(self) -> dict[str, Any]:
         """Results of the tasks this one depends on (``depends_on``), by task id."""
-        from . import wire
-        from .models import TaskMessage
-
         ids = list(self.task.depends_on)
         if not ids:
             return {}
         raws = await self.redis.mget([self.kernel.keys.task(t) for t in ids])
         return {
-            t: (wire.loads(r, TaskMessage, known={"task_id": t}).result if r is not None else None)
+            t: (read_task(t, r).result if r is not None else None)
             for t, r in zip(ids, raws, strict=True)
         }

@@ -108,17 +108,27 @@ def test_planted_garbage_in_every_key_type_stops_nothing(hive_config, data):
             # Given garbage in every key type, under a live spore
             bad_id, record = await plant(hive, tag, data)
 
-            # When a good task is submitted after it, and a watchdog sweeps, and the Monitor reads everything
-            good = await hive.submit("echo", {"n": 1})
+            # and, where the good task's save writes, keys of another type: its done list (a waiter's mark
+            # makes the save push to it) and the final index it joins
+            good_id = f"good-{tag}"
+            await hive.broker.redis.set(hive.broker.keys.done(good_id), data.draw(junk, label="done list"))
+            await hive.broker.redis.set(hive.broker.keys.waiters(good_id), b"1", px=600_000)
+            await hive.broker.redis.set(hive.broker.keys.status_index(TaskStatus.COMPLETED), b"i")
+
+            # When a good task is submitted after it
+            good = await hive.submit("echo", {"n": 1}, task_id=good_id)
+
+            # Then the spore kept serving: the good task completes, its save replacing the keys of another type
+            done = await hive.wait(good, timeout=30)
+            assert done.status == TaskStatus.COMPLETED
+            assert not runner.done()
+            assert await hive.broker.redis.zscore(hive.broker.keys.status_index(TaskStatus.COMPLETED), good)
+
+            # and a watchdog sweeps, and the Monitor reads everything
             watchdog = Watchdog(hive.broker, interval=1.0)
             await watchdog.sweep()
             await watchdog.sweep()
             assert await Monitor(hive.broker).snapshot()
-
-            # Then the spore kept serving: the good task completes
-            done = await hive.wait(good, timeout=30)
-            assert done.status == TaskStatus.COMPLETED
-            assert not runner.done()
             # and the broker's calls all answer
             await hive.queue_stats()
             await hive.nodes()

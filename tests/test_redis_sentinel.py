@@ -23,13 +23,13 @@ import pytest
 import redis
 from redis.exceptions import RedisError
 
-from hive_framework.broker.records import decode
 from hive_framework.broker.specs import TaskSpec
 from hive_framework.config import HiveConfig
 from hive_framework.connection import NotDurable
 from hive_framework.errors import RedisUnavailable
 from hive_framework.hive import Hive
 from hive_framework.kernel import Kernel
+from hive_framework.keys import read_task
 from hive_framework.models import TaskStatus
 from hive_framework.testing import NexusProcess, SporeProcess, async_wait_until, fast_config, wait_until
 
@@ -236,7 +236,7 @@ def completed_times(client: redis.Redis, prefix: str, ids: list[str]) -> dict[st
     out: dict[str, float | None] = {}
     for part in chunks(ids):
         for task_id, raw in zip(part, client.mget([f"{prefix}:task:{t}" for t in part]), strict=True):
-            message = decode(task_id, raw) if raw is not None else None
+            message = read_task(task_id, raw) if raw is not None else None
             out[task_id] = None
             if message is not None and message.status == TaskStatus.COMPLETED and message.completed_at is not None:
                 out[task_id] = message.completed_at.timestamp()
@@ -248,7 +248,7 @@ def unfinished(client: redis.Redis, prefix: str, acked: list[str]) -> int:
     count = 0
     for part in chunks(acked):
         for task_id, raw in zip(part, client.mget([f"{prefix}:task:{t}" for t in part]), strict=True):
-            count += raw is not None and decode(task_id, raw).status != TaskStatus.COMPLETED
+            count += raw is not None and read_task(task_id, raw).status != TaskStatus.COMPLETED
     return count
 
 

@@ -26,9 +26,9 @@ from ..connection import confirm_durable, redis_client
 from ..counters import ADD_COUNTERS, aside_key, final_deltas
 from ..embedded import unreachable
 from ..errors import BrokerNotConnected, InvalidTask, WaitTimeout, WireError
+from ..keys import read_task
 from ..models import NodeInfo, TaskMessage, TaskProgress, TaskStatus, utcnow
 from ..redisutil import awaited, raise_if_cancelling, text, texts
-from . import records
 from .batch import Batches
 from .cluster import ClusterMixin
 from .engine import Delivery, Engine, Guard, Previous
@@ -426,7 +426,7 @@ return held
         if raw is None:
             return None
         try:
-            message = records.decode(task_id, raw)
+            message = read_task(task_id, raw)
         except WireError:
             return await self.get_task_status(task_id)  # quarantines the poison record, reads as None
         if raw_progress is not None:
@@ -455,7 +455,7 @@ return held
         out: list[TaskMessage | None] = []
         for task_id, raw in zip(ids, raws, strict=True):
             try:
-                out.append(None if raw is None else records.decode(task_id, raw))
+                out.append(None if raw is None else read_task(task_id, raw))
             except WireError as exc:
                 await self.quarantine_task(task_id, raw, str(exc))
                 out.append(None)
@@ -549,7 +549,14 @@ return held
                 raise WaitTimeout(f"task {task_id} still {message.status.value} after {timeout}s")
             # Rotating the list onto itself is a blocking peek: the marker stays for every other waiter.
             wait = min(max(remaining, 0.01), 5.0)
-            await self.redis.execute_command("BLMOVE", done_key, done_key, "LEFT", "LEFT", wait)
+            try:
+                await self.redis.execute_command("BLMOVE", done_key, done_key, "LEFT", "LEFT", wait)
+            except RedisResponseError as exc:
+                if "WRONGTYPE" not in str(exc):
+                    raise
+                # Not a list (planted, or a bug): it only ever wakes waiters, so it goes, and the record is
+                # read again at once (a save that pushed meanwhile is seen there).
+                await self.redis.delete(done_key)
 
     async def iter_job(
         self, job_id: str, task_ids: Sequence[str], timeout: float | None = None

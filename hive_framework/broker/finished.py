@@ -39,15 +39,10 @@ COUNT_BUCKETS = 120
 FINAL = tuple(status for status in TaskStatus if status.is_terminal)
 #: One Redis command: its name, then its arguments.
 Command = tuple[Any, ...]
-#: A pseudo-command of :func:`count_commands`: ``HIVE.COUNT key ttl-ms`` adds one to the counter and sets its
-#: expiry; a key that holds no counter (planted, or of another type) is counted afresh instead of failing the
-#: final save it is part of. Run as :data:`COUNT_SCRIPT` in a pipeline, inlined by ``guarded.lua``.
+#: A pseudo-command of :func:`count_commands` (``commands.lua``): ``HIVE.COUNT key ttl-ms`` adds one to the
+#: counter, whose expiry is set when its count starts; a key that holds no counter (planted, or of another
+#: type) is counted afresh instead of failing the final save it is part of.
 COUNT = "HIVE.COUNT"
-COUNT_SCRIPT = """
-local added = redis.pcall('INCR', KEYS[1])
-if type(added) == 'table' and added.err then redis.call('SET', KEYS[1], 1) end
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-"""
 
 
 def count_width(result_ttl: float) -> int:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..redisutil import awaited, text
+from .records import add_to_pipeline
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -68,8 +69,7 @@ async def quarantine(
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hsetnx(keys.dead_records, name, entry(name, raw, reason))
         pipe.zadd(keys.dead_records_index, {name: now}, nx=True)
-        for command in cleanup:
-            pipe.execute_command(*command)
+        add_to_pipeline(pipe, list(cleanup))  # a key of another type among them is replaced, not an error
         # Bounded: the oldest quarantined records go first past the cap.
         pipe.zrange(keys.dead_records_index, 0, -MAX_DEAD_RECORDS - 1)
         replies = await pipe.execute()

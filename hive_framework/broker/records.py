@@ -8,12 +8,12 @@ so the two paths can never drift apart.
 from __future__ import annotations
 
 import time
+from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 from .. import wire
 from ..models import TaskMessage, TaskStatus
-from .finished import COUNT, COUNT_SCRIPT, RECENT_KEPT, count_commands
-from .finished import Command as Command
+from .finished import RECENT_KEPT, Command, count_commands
 
 if TYPE_CHECKING:
     from ..config import HiveConfig
@@ -32,18 +32,18 @@ DONE_MARKER_TTL_MS = 10_000
 
 #: How long a waiter's marker lives (ms): longer than one pass of its loop (a blocking wait of at most 5 s).
 WAITER_MARK_TTL_MS = 15_000
-#: A pseudo-command of :func:`status_commands`: ``HIVE.WAKE waiters-key done-key status ttl-ms`` pushes ``status``
-#: onto the done list only when the waiters' marker exists; the list lives ``ttl-ms``, or as long as the marker
-#: when that is longer. Run as :data:`WAKE_SCRIPT` in a pipeline, inlined by the streams engine's ``guarded.lua``
-#: (a script cannot call another).
+#: A pseudo-command of :func:`status_commands` (``commands.lua``): ``HIVE.WAKE waiters-key done-key status
+#: ttl-ms`` pushes ``status`` onto the done list only when the waiters' marker exists.
 WAKE = "HIVE.WAKE"
-WAKE_SCRIPT = """
-local marked = redis.call('PTTL', KEYS[1])
-if marked ~= -2 then
-  redis.call('RPUSH', KEYS[2], ARGV[1])
-  redis.call('PEXPIRE', KEYS[2], math.max(tonumber(ARGV[2]), marked))
-end
-"""
+
+#: ``run_commands(argv, first, reads_only)``, the Lua function that runs status commands and their
+#: pseudo-commands (``commands.lua`` documents it): one copy for the broker's pipelines and the streams
+#: engine's guarded save, which both send it before their own code.
+COMMANDS_LUA = "\n".join(
+    line for line in files(__package__).joinpath("commands.lua").read_text(encoding="utf-8").splitlines()
+    if not line.startswith("--")  # sent whole by pipelines: only the code
+)
+_RUN_SCRIPT = f"{COMMANDS_LUA}\nreturn run_commands(ARGV, 1, false)\n"
 
 #: Fields of a task record that only a live task needs: a finished record is written without them.
 LIVE_ONLY_FIELDS = ("queue", "engine_job_id")
@@ -108,18 +108,14 @@ def status_commands(
     return out
 
 
-def decode(task_id: str, raw: bytes | str) -> TaskMessage:
-    """The task stored under ``task_id``'s key (a finished record leaves its id to the key); raises
-    :class:`~hive_framework.errors.WireError` for a record that does not decode."""
-    return wire.loads(raw, TaskMessage, known={"task_id": task_id})
-
-
 def add_to_pipeline(pipe: Any, commands: list[Command]) -> None:
-    """Queue ``commands`` on a redis-py pipeline (a wake-up as its script)."""
+    """Queue ``commands`` on a redis-py pipeline as one script call (one reply: the last command's).
+
+    Its one key, the first command's, only routes the call on a Redis Cluster (every key of a hive shares
+    a slot)."""
+    if not commands:
+        return
+    argv: list[Any] = []
     for command in commands:
-        if command[0] == WAKE:
-            pipe.eval(WAKE_SCRIPT, 2, *command[1:])
-        elif command[0] == COUNT:
-            pipe.eval(COUNT_SCRIPT, 1, *command[1:])
-        else:
-            pipe.execute_command(*command)
+        argv += [len(command), *command]
+    pipe.eval(_RUN_SCRIPT, 1, commands[0][1], *argv)

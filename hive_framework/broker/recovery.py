@@ -12,10 +12,10 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidTask, WireError
+from ..keys import read_task
 from ..models import NodeInfo, TaskMessage, TaskStatus, utcnow
 from ..redisutil import awaited, glob_escape, start_over_on_watch_error, text, texts
 from .placement import is_unserved, unserved_key
-from .records import decode
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -79,7 +79,7 @@ class RecoveryMixin:
             if raw is None:
                 return None
             try:
-                current = decode(zombie.task_id, raw)
+                current = read_task(zombie.task_id, raw)
             except WireError as exc:
                 await pipe.reset()
                 await self.quarantine_task(zombie.task_id, raw, str(exc))
@@ -123,7 +123,7 @@ class RecoveryMixin:
             if raw is None:
                 raise InvalidTask(f"no task with id {task_id!r}")
             try:
-                message = decode(task_id, raw)
+                message = read_task(task_id, raw)
             except WireError as exc:
                 await pipe.reset()
                 await self.quarantine_task(task_id, raw, str(exc))
@@ -176,7 +176,7 @@ class RecoveryMixin:
             await pipe.watch(self.keys.task(task_id))
             raw = await pipe.get(self.keys.task(task_id))
             try:
-                current = None if raw is None else decode(task_id, raw)
+                current = None if raw is None else read_task(task_id, raw)
             except WireError as exc:
                 await pipe.reset()
                 await self.quarantine_task(task_id, raw, str(exc))

@@ -179,10 +179,10 @@ class ArqEngine(Engine):
                     position += 1
                     ends.append(position)
                     continue
+                # one script call, whose reply is the last command's: the dependents
                 commands = status_commands(self.keys, self.config, message, previous)
-                add_to_pipeline(pipe, commands)
-                pipe.smembers(self.keys.dependents(message.task_id))
-                position += len(commands) + 1
+                add_to_pipeline(pipe, [*commands, ("SMEMBERS", self.keys.dependents(message.task_id))])
+                position += 1
                 ends.append(position)
             replies = await pipe.execute() if position >= 0 else []
         outcomes = [

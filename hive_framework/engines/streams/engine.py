@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ...broker.engine import Delivery, Engine, Fence, Guard, Previous, TaskRunner, fenced, guard_parts
-from ...broker.records import Command, status_commands
+from ...broker.finished import Command
+from ...broker.records import status_commands
 from ...models import HIGH_PRIORITY_LEVEL, TaskMessage, TaskStatus
 from ...policies import retry_delay
 from ...redisutil import text, texts

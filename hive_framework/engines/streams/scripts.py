@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
+from ...broker.records import COMMANDS_LUA
 from ...redisutil import awaited
 
 
@@ -43,9 +44,16 @@ class LuaScript:
         pipe.eval(self.source, len(keys), *keys, *args)
 
 
-def _load(name: str) -> LuaScript:
-    return LuaScript(name, files(__package__).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8"))
+def _read(name: str) -> str:
+    return files(__package__).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
+
+def _load(name: str) -> LuaScript:
+    return LuaScript(name, _read(name))
+
+
+#: guarded.lua's body, which calls ``run_commands`` (the broker's ``commands.lua``, sent before it).
+_GUARDED = _read("guarded")
 
 #: Several guarded saves in one call (tasks finishing together): guarded.lua as a function, called once per
 #: item under pcall so that one item's error fails that item only, as in a pipeline. KEYS: each item's two
@@ -73,8 +81,8 @@ return out
 """
 
 CLAIM = _load("claim")
-GUARDED = _load("guarded")
-GUARDED_BATCH = LuaScript("guarded_batch", _GUARDED_BATCH % GUARDED.source)
+GUARDED = LuaScript("guarded", f"{COMMANDS_LUA}\n{_GUARDED}")
+GUARDED_BATCH = LuaScript("guarded_batch", f"{COMMANDS_LUA}\n{_GUARDED_BATCH % _GUARDED}")
 DUE_RETRIES = _load("due_retries")
 ADD = _load("add")
 DROP = _load("drop")

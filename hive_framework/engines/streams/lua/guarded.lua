@@ -17,13 +17,8 @@
 --          {prefix}:streams:entries), a retry's schedule (ZADD {prefix}:streams:delayed), and last SMEMBERS
 --          {prefix}:dependents:{id} when the task became final. Keys in ARGV are all under the prefix;
 --          they are built by the broker, never from wire data.
---          A pseudo-command HIVE.WAKE waiters-key done-key status ttl-ms pushes status onto the done list only
---          when a waiter set its marker, kept ttl-ms or as long as the marker (records.WAKE_SCRIPT, inlined).
---          HIVE.COUNT key ttl-ms adds one to a finished-tasks counter, counting afresh where the key holds no
---          counter (finished.COUNT_SCRIPT, inlined).
---          One pseudo-command, HIVE.REQUEUE stream entries-hash task-id job-id, appends the task's entry
---          to its stream again and remembers its entry id (a handed-back task): add.lua inlined, as a
---          script cannot call another.
+--          Run by run_commands (hive_framework/broker/commands.lua, which this script is sent after), with
+--          its pseudo-commands (HIVE.WAKE, HIVE.COUNT, HIVE.REQUEUE).
 -- Returns {reply of the last command}.
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local landed = false
@@ -44,28 +39,4 @@ if ARGV[1] ~= '' then
     end
   end
 end
-local i = 9
-local reply = true
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  if landed then
-    if ARGV[i + 1] == 'SMEMBERS' then reply = redis.call('SMEMBERS', ARGV[i + 2]) end
-  elseif ARGV[i + 1] == 'HIVE.WAKE' then
-    local marked = redis.call('PTTL', ARGV[i + 2])
-    if marked ~= -2 then
-      redis.call('RPUSH', ARGV[i + 3], ARGV[i + 4])
-      reply = redis.call('PEXPIRE', ARGV[i + 3], math.max(tonumber(ARGV[i + 5]), marked))
-    end
-  elseif ARGV[i + 1] == 'HIVE.COUNT' then
-    local added = redis.pcall('INCR', ARGV[i + 2])
-    if type(added) == 'table' and added.err then redis.call('SET', ARGV[i + 2], 1) end
-    reply = redis.call('PEXPIRE', ARGV[i + 2], ARGV[i + 3])
-  elseif ARGV[i + 1] == 'HIVE.REQUEUE' then
-    local id = redis.call('XADD', ARGV[i + 2], '*', 't', ARGV[i + 4], 'j', ARGV[i + 5])
-    reply = redis.call('HSET', ARGV[i + 3], ARGV[i + 5], id)
-  else
-    reply = redis.call(unpack(ARGV, i + 1, i + n))
-  end
-  i = i + n + 1
-end
-return {reply}
+return {run_commands(ARGV, 9, landed)}
