@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Redis memory per finished task, and whether it comes back down once the results expire.
 
-    python bench/memory.py [--n 1000000] [--ttl 60] [--spores 2] [--broker streams|arq] [--json]
+    python bench/memory.py [--n 1000000] [--ttl 60] [--spores 2] [--broker streams|arq] [--expire-effort N] [--json]
 
 On a private ``redis-server`` (no persistence): pushes N tiny tasks (``bench.noop``) in batches of 1,000
 while spores (real processes) run them, and prints Redis ``used_memory`` (and the key count) at 0, 25 %,
 50 %, 100 % of the tasks finished, then after ``HIVE_RESULT_TTL`` (``--ttl``) passed and a nexus swept. The
 figure per task is (memory at 100 % - baseline) / the finished tasks still kept then (all N when the run is
 shorter than the TTL; with a shorter TTL the oldest have expired and the figure is of the steady window);
-"after TTL" should be back near the baseline.
+"after TTL" should be back near the baseline. ``--expire-effort`` sets the server's ``active-expire-effort``
+(1, Redis's default, to 10): how hard its expiry cycle works to reclaim expired keys no client reads.
 Nothing is asserted: it prints figures.
 """
 
@@ -44,6 +45,8 @@ async def measure(args: argparse.Namespace, redis_url: str, log_dir: Path) -> di
     env = spore_env(config, ns.counter)
     hive = await Hive(Kernel(config, apps=["bench.jobs"])).open()
     redis = hive.broker.redis
+    if args.expire_effort is not None:
+        await redis.config_set("active-expire-effort", args.expire_effort)
 
     async def count_keys(pattern: str) -> int:
         return sum([1 async for _ in redis.scan_iter(match=pattern, count=10_000)])
@@ -108,7 +111,8 @@ async def measure(args: argparse.Namespace, redis_url: str, log_dir: Path) -> di
     # finished tasks still kept at the end (a run longer than the TTL has let the first ones expire)
     kept = max(rows[-2]["records_kept"], 1)
     summary = {
-        "broker": config.broker, "tasks": args.n, "ttl_s": args.ttl, "rows": rows, "kept_at_end": kept,
+        "broker": config.broker, "tasks": args.n, "ttl_s": args.ttl, "expire_effort": args.expire_effort or 1,
+        "rows": rows, "kept_at_end": kept,
         "bytes_per_finished_task": round((full - base) / kept, 1),
         # over every task record Redis holds, the expired ones its expiry cycle has not reclaimed yet included
         "bytes_per_record_held": round((full - base) / max(rows[-2]["keys"], 1), 1),
@@ -131,6 +135,8 @@ def main() -> None:
     parser.add_argument("--ttl", type=float, default=60.0, help="HIVE_RESULT_TTL for the run, seconds")
     parser.add_argument("--spores", type=int, default=2)
     parser.add_argument("--broker", choices=["streams", "arq"], default=None)
+    parser.add_argument("--expire-effort", type=int, choices=range(1, 11), default=None, metavar="1-10",
+                        help="the server's active-expire-effort (Redis's default: 1)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     summary = on_private_redis(lambda url, folder: measure(args, url, folder), "memory")
