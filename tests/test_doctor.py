@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from hive_framework import HiveConfig, NodeInfo, wire
+from hive_framework.doctor import _memory_check
 from hive_framework.testing import wait_until
 
 from .first_hour_helpers import error_lines, make_myapp, password_redis, run_hive, user_env
@@ -72,6 +73,41 @@ def test_a_wrong_password_fails_the_auth_check(tmp_path: Path) -> None:
     assert code == 1
     assert checks["auth"][0]["state"] == "fail" and "refused the password" in checks["auth"][0]["detail"]
     assert "REDIS_URL" in checks["auth"][0]["fix"]
+
+
+def test_a_redis_that_evicts_keys_is_a_warning_with_the_fix(tmp_path: Path) -> None:
+    # Given a private Redis that evicts any key past its maxmemory
+    with password_redis("right-horse-battery") as url:
+        secret_url = url.replace("redis://", "redis://:right-horse-battery@")
+        client = redis.Redis.from_url(secret_url)
+        try:
+            client.config_set("maxmemory", "100mb")
+            client.config_set("maxmemory-policy", "allkeys-lru")
+        finally:
+            client.close()
+        # When the doctor looks
+        code, checks = doctor(None, tmp_path, REDIS_URL=secret_url)
+    # Then the memory check warns, naming the policy and the fix, and the exit status stays 0 (a warning)
+    assert code == 0
+    (memory,) = checks["memory"]
+    assert memory["state"] == "warn" and "allkeys-lru" in memory["detail"] and "100" in memory["detail"]
+    assert "noeviction" in memory["fix"]
+
+
+def test_redis_memory_check_reads_eviction_and_the_expiry_backlog() -> None:
+    # the shared server's defaults: no maxmemory
+    assert _memory_check({"maxmemory": 0, "maxmemory_policy": "noeviction"}, {"expired_stale_perc": 0.0}).state == "ok"
+    # a limit with noeviction is what the hive wants
+    fine = _memory_check({"maxmemory": 10**8, "maxmemory_human": "95.37M", "maxmemory_policy": "noeviction"},
+                         {"expired_stale_perc": 3.5})
+    assert fine.state == "ok" and "95.37M, noeviction" in fine.detail and "4 %" in fine.detail
+    # volatile-* evicts keys with a TTL: leases, heartbeats and finished records
+    assert _memory_check({"maxmemory": 10**8, "maxmemory_policy": "volatile-lru"}, {}).state == "warn"
+    # a fifth of the keys expired and not reclaimed: the expiry effort's fix
+    backlog = _memory_check({"maxmemory": 0, "maxmemory_policy": "noeviction"}, {"expired_stale_perc": 23.1})
+    assert backlog.state == "warn" and "23 %" in backlog.detail and "active-expire-effort" in backlog.fix
+    # a field a Redis does not send (older, or another server) reads as none
+    assert _memory_check({}, {}).state == "ok"
 
 
 def test_redis_down_fails_with_what_to_do(tmp_path: Path) -> None:
