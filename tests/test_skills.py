@@ -16,7 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hive_framework import Kernel, TaskSpec, TaskStatus, UnknownTaskType, wire
-from hive_framework.broker.placement import advertise
+from hive_framework.broker import recovery
+from hive_framework.broker.placement import advertise, unserved_key
 from hive_framework.errors import InvalidTask
 from hive_framework.models import NodeInfo
 from hive_framework.policies import parse_requirements
@@ -96,6 +97,26 @@ async def test_an_unknown_type_is_refused_unless_allowed_and_then_waits_with_its
     assert failed.error == "WaitTimeout: no online spore served `transcode` within 0.5s"
     assert (await hive.status(forever)).status == TaskStatus.PENDING
     assert [m.task_id for m in await hive.broker.dead_letters()] == [task_id]
+
+
+async def test_waiting_tasks_are_swept_in_chunks_and_the_ones_gone_are_forgotten(hive, monkeypatch) -> None:
+    # Given 7 tasks waiting for a `transcode` spore, read 3 per round trip: 4 past their wait timeout, 1 with
+    # none, and 2 no longer waiting (one cancelled, one whose record is gone)
+    monkeypatch.setattr(recovery, "UNSERVED_CHUNK", 3)
+    late = [await hive.submit("transcode", {}, allow_unknown=True, wait_timeout=0.5) for _ in range(4)]
+    forever = await hive.submit("transcode", {}, allow_unknown=True)
+    cancelled = await hive.submit("transcode", {}, allow_unknown=True, wait_timeout=0.5)
+    vanished = await hive.submit("transcode", {}, allow_unknown=True, wait_timeout=0.5)
+    await hive.cancel(cancelled)
+    await hive.broker.redis.delete(hive.broker.keys.task(vanished))
+    # When the watchdog's pass runs after the timeouts
+    counts = await hive.broker.reroute_stranded(now=time.time() + 60)
+    # Then the 4 late ones failed, each once; the one with no timeout still waits; only it stays in the index
+    assert counts["expired"] == 4
+    assert {(await hive.status(t)).status for t in late} == {TaskStatus.FAILED}
+    assert (await hive.status(forever)).status == TaskStatus.PENDING
+    waiting = await hive.broker.redis.zrange(unserved_key(hive.broker.keys), 0, -1)
+    assert [w.decode() for w in waiting] == [forever]
 
 
 async def test_an_advertised_type_is_queued_by_name_with_its_declared_options(hive) -> None:

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from .engine import Engine, Previous
 
 
+#: Tasks waiting for a spore of their type read per round trip by the watchdog's sweep.
+UNSERVED_CHUNK = 500
+
+
 class RecoveryMixin:
     """Part of :class:`~hive_framework.broker.MessageBroker`: moving tasks that are stuck or misplaced."""
 
@@ -154,19 +158,26 @@ class RecoveryMixin:
         served = {t for n in nodes for t in n.task_types}
         key = unserved_key(self.keys)
         failed = 0
-        for raw_id, since in await self.redis.zrange(key, 0, -1, withscores=True):
-            task_id = text(raw_id)
-            message = await self.get_task_status(task_id)
-            if message is None or not is_unserved(message):
-                await self.redis.zrem(key, task_id)
-                continue
-            if message.task_type in served or message.wait_timeout is None or now - since <= message.wait_timeout:
-                continue
-            current = await start_over_on_watch_error(partial(self._expire_one, task_id, message.engine_job_id, key))
-            if current is None:
-                continue
-            failed += 1
-            await self.release_dependents(current)
+        entries = [(text(raw_id), since) for raw_id, since in await self.redis.zrange(key, 0, -1, withscores=True)]
+        for start in range(0, len(entries), UNSERVED_CHUNK):
+            chunk = entries[start : start + UNSERVED_CHUNK]
+            # one read for the chunk; the ones taken meanwhile (or gone) are forgotten in one write
+            messages = await self.get_tasks([task_id for task_id, _ in chunk])
+            gone = [task_id for (task_id, _), message in zip(chunk, messages, strict=True)
+                    if message is None or not is_unserved(message)]
+            if gone:
+                await self.redis.zrem(key, *gone)
+            for (task_id, since), message in zip(chunk, messages, strict=True):
+                if message is None or not is_unserved(message) or message.task_type in served:
+                    continue
+                if message.wait_timeout is None or now - since <= message.wait_timeout:
+                    continue
+                current = await start_over_on_watch_error(
+                    partial(self._expire_one, task_id, message.engine_job_id, key))
+                if current is None:
+                    continue
+                failed += 1
+                await self.release_dependents(current)
         return failed
 
     async def _expire_one(self, task_id: str, job: str | None, key: str) -> TaskMessage | None:
