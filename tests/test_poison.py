@@ -12,7 +12,9 @@ import os
 import time
 import uuid
 
+import fakeredis
 import pytest
+import redis
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,6 +23,7 @@ from hive_framework import Kernel, TaskStatus
 from hive_framework.broker.finished import THROUGHPUT_BUCKET_S, count_commands
 from hive_framework.broker.placement import registry_key, unserved_key
 from hive_framework.broker.poison import RAW_CAP, dead_records
+from hive_framework.broker.records import add_to_pipeline
 from hive_framework.cli import cli
 from hive_framework.hive import Hive
 from hive_framework.monitor.collector import Monitor
@@ -156,6 +159,36 @@ def test_planted_garbage_in_every_key_type_stops_nothing(hive_config, data):
             await hive.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("server", ["redis", "fakeredis"])
+def test_the_status_runner_replaces_a_key_of_another_type_and_fails_on_other_errors(hive_config, server):
+    # The embedded default runs the same Lua on fakeredis, whose errors are not plain strings.
+    client = (redis.Redis.from_url(hive_config.effective_redis_url()) if server == "redis"
+              else fakeredis.FakeRedis())
+    listed, counted = f"{hive_config.key_prefix}:done:x", f"{hive_config.key_prefix}:finished:x"
+    try:
+        # Given a string where a list goes, and text where a counter goes
+        client.set(listed, b"planted")
+        client.set(counted, b"planted")
+        # When status commands push to the one and count the other
+        pipe = client.pipeline(transaction=True)
+        add_to_pipeline(pipe, [("RPUSH", listed, "completed"), ("HIVE.COUNT", counted, 60_000),
+                               ("LRANGE", listed, 0, -1)])
+        (reply,) = pipe.execute()
+        # Then the list was made afresh (the reply is the last command's), and the count started at 1 with its TTL
+        assert reply == [b"completed"]
+        assert client.get(counted) == b"1" and 0 < client.pttl(counted) <= 60_000
+        # and an error that is not a key's type still fails the call, naming the command
+        pipe = client.pipeline(transaction=True)
+        add_to_pipeline(pipe, [("INCR", listed, "extra")])
+        with pytest.raises(redis.ResponseError) as failed:
+            pipe.execute()
+        if server == "redis":  # fakeredis loses the message of an error a script raises again
+            assert "wrong number of arg" in str(failed.value).lower()
+    finally:
+        client.delete(listed, counted)
+        client.close()
 
 
 async def _raw(hive: Hive, task_id: str) -> bytes | None:

@@ -23,7 +23,8 @@
 -- as usual.
 local function replacing(...)
   local reply = redis.pcall(...)
-  if type(reply) == 'table' and reply.err and string.find(reply.err, 'WRONGTYPE', 1, true) then
+  -- tostring: fakeredis (the embedded default) gives the error as a userdata, not a string
+  if type(reply) == 'table' and reply.err and string.find(tostring(reply.err), 'WRONGTYPE', 1, true) then
     local key = select(2, ...)
     redis.log(redis.LOG_WARNING, 'hive: replaced ' .. key .. ', which held another type')
     redis.call('DEL', key)
