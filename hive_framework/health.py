@@ -60,11 +60,12 @@ async def _check(
             return HealthReport(False, (f"Redis at {config.safe_redis_url()} does not answer: {describe_error(exc)}",))
         notes.append(f"Redis at {config.safe_redis_url()} answers")
         limit = max_age if max_age is not None else max(config.heartbeat_interval * 3, 1.0)
-        now = datetime.now(UTC)
         if spore is not None or spore_here:
             members = await awaited(client.smembers(keys.nodes))
             ids = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
             raws = await client.mget([keys.node(n) for n in ids]) if ids else []
+            # after the read: a beat that landed while it ran is not younger than now (ages never negative)
+            now = datetime.now(UTC)
             nodes = []
             for raw in raws:
                 if raw:
