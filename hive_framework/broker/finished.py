@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from ..keys import Keys
+    from .records import Command
 
 #: Final-status index entries kept per status (the newest): the Monitor lists at most 500.
 RECENT_KEPT = 1000
@@ -37,8 +38,6 @@ THROUGHPUT_KEEP_S = 3600
 COUNT_BUCKETS = 120
 #: The final statuses, each counted.
 FINAL = tuple(status for status in TaskStatus if status.is_terminal)
-#: One Redis command: its name, then its arguments.
-Command = tuple[Any, ...]
 #: A pseudo-command of :func:`count_commands` (``commands.lua``): ``HIVE.COUNT key ttl-ms`` adds one to the
 #: counter, whose expiry is set when its count starts; a key that holds no counter (planted, or of another
 #: type) is counted afresh instead of failing the final save it is part of.

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import wire
 from ..models import TaskMessage, TaskStatus
-from .finished import RECENT_KEPT, Command, count_commands
+from .finished import RECENT_KEPT, count_commands
 
 if TYPE_CHECKING:
     from ..config import HiveConfig
@@ -44,6 +44,9 @@ COMMANDS_LUA = "\n".join(
     if not line.startswith("--")  # sent whole by pipelines: only the code
 )
 _RUN_SCRIPT = f"{COMMANDS_LUA}\nreturn run_commands(ARGV, 1, false)\n"
+
+#: One Redis command: its name, then its arguments.
+Command = tuple[Any, ...]
 
 #: Fields of a task record that only a live task needs: a finished record is written without them.
 LIVE_ONLY_FIELDS = ("queue", "engine_job_id")
@@ -113,9 +116,10 @@ def add_to_pipeline(pipe: Any, commands: list[Command]) -> None:
 
     Its one key, the first command's, only routes the call on a Redis Cluster (every key of a hive shares
     a slot)."""
-    if not commands:
-        return
-    argv: list[Any] = []
-    for command in commands:
-        argv += [len(command), *command]
-    pipe.eval(_RUN_SCRIPT, 1, commands[0][1], *argv)
+    if commands:
+        pipe.eval(_RUN_SCRIPT, 1, commands[0][1], *flatten(commands))
+
+
+def flatten(commands: list[Command]) -> list[Any]:
+    """``commands`` as ``run_commands`` reads them: each one's argument count, then the command."""
+    return [part for command in commands for part in (len(command), *command)]

@@ -163,14 +163,12 @@ class RecoveryMixin:
             chunk = entries[start : start + UNSERVED_CHUNK]
             # one read for the chunk; the ones taken meanwhile (or gone) are forgotten in one write
             messages = await self.get_tasks([task_id for task_id, _ in chunk])
-            gone = [task_id for (task_id, _), message in zip(chunk, messages, strict=True)
-                    if message is None or not is_unserved(message)]
-            if gone:
-                await self.redis.zrem(key, *gone)
+            gone = []
             for (task_id, since), message in zip(chunk, messages, strict=True):
-                if message is None or not is_unserved(message) or message.task_type in served:
+                if message is None or not is_unserved(message):
+                    gone.append(task_id)
                     continue
-                if message.wait_timeout is None or now - since <= message.wait_timeout:
+                if message.task_type in served or message.wait_timeout is None or now - since <= message.wait_timeout:
                     continue
                 current = await start_over_on_watch_error(
                     partial(self._expire_one, task_id, message.engine_job_id, key))
@@ -178,6 +176,8 @@ class RecoveryMixin:
                     continue
                 failed += 1
                 await self.release_dependents(current)
+            if gone:
+                await self.redis.zrem(key, *gone)
         return failed
 
     async def _expire_one(self, task_id: str, job: str | None, key: str) -> TaskMessage | None:

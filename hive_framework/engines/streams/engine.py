@@ -16,8 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ...broker.engine import Delivery, Engine, Fence, Guard, Previous, TaskRunner, fenced, guard_parts
-from ...broker.finished import Command
-from ...broker.records import status_commands
+from ...broker.records import Command, flatten, status_commands
 from ...models import HIGH_PRIORITY_LEVEL, TaskMessage, TaskStatus
 from ...policies import retry_delay
 from ...redisutil import text, texts
@@ -168,9 +167,7 @@ class StreamsEngine(Engine):
         if message.is_terminal:
             commands.append(("SMEMBERS", self.keys.dependents(message.task_id)))
         argv: list[Any] = [*fence.argv(), *Fence.stored(message).argv()] if fence is not None else [""] * 8
-        for command in commands:
-            argv += [len(command), *command]
-        return [self.keys.cancelled(message.task_id), self.keys.task(message.task_id)], argv
+        return [self.keys.cancelled(message.task_id), self.keys.task(message.task_id)], [*argv, *flatten(commands)]
 
     async def record(self, items: Sequence[tuple[TaskMessage, Previous, Guard]]) -> list[list[str] | None]:
         """One guarded Lua call per item; items recorded in the same event-loop turn (tasks finishing together)
