@@ -6,14 +6,18 @@ engine-neutral :class:`AttemptRunner`, as a spore's worker drives them.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
+import attrs
 import pytest
 from redis.exceptions import WatchError
 
-from hive_framework import Kernel, TaskMessage, TaskStatus
+from hive_framework import Kernel, TaskMessage, TaskSpec, TaskStatus
 from hive_framework.broker import AttemptRunner, Delivery, Fence
+from hive_framework.broker.engine import Prefetched
+from hive_framework.engines.streams.engine import CARRY_BELOW
 
 from .integration_helpers import BASIC, count_outcomes
 
@@ -107,6 +111,74 @@ async def test_an_attempt_begun_from_a_stale_read_does_not_reopen_a_finished_tas
         TaskStatus.COMPLETED, 1, "a", "from a"
     )
     assert await hive.broker.redis.llen(hive.broker.keys.done(task_id)) == 1
+
+
+async def test_an_attempt_begins_from_the_copy_its_job_carries_without_reading_the_record(hive, monkeypatch):
+    # Given a job that carries a copy of its task's record, which is still current
+    task_id = await hive.submit("echo", {"x": 1})
+    copy = await hive.broker.redis.get(hive.broker.keys.task(task_id))
+    delivery = attrs.evolve(await _delivery(hive, task_id), record=Prefetched(copy, copy=True))
+
+    # When a spore begins it, with the records unreadable (a read would be a round trip more)
+    async def no_reads(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the record was read")
+
+    monkeypatch.setattr(hive.broker, "get_tasks", no_reads)
+    (attempt,) = await _runner(hive, "a", "from a").begin([delivery])
+    monkeypatch.undo()
+
+    # Then the attempt is saved from the copy: running on a, attempt 1
+    stored = await hive.status(task_id)
+    assert (stored.status, stored.attempt, stored.assigned_node) == (TaskStatus.RUNNING, 1, "a")
+    assert attempt.message.payload == {"x": 1}
+
+
+@pytest.mark.parametrize("copy", ["stale", "garbage"])
+async def test_an_attempt_whose_copy_of_the_record_is_stale_or_garbage_begins_from_the_record(hive, copy):
+    # Given a job carrying a copy of its record, and the record changed since in a way the status, attempt, job
+    # and node do not show (its payload), or a copy that is not a record at all
+    task_id = await hive.submit("echo", {"x": 1})
+    key = hive.broker.keys.task(task_id)
+    carried = await hive.broker.redis.get(key)
+    record = json.loads(carried)
+    record["payload"] = {"x": 2}
+    await hive.broker.redis.set(key, json.dumps(record))
+    if copy == "garbage":
+        carried = b"{not json"
+    delivery = attrs.evolve(await _delivery(hive, task_id), record=Prefetched(carried, copy=True))
+
+    # When a spore begins it
+    (attempt,) = await _runner(hive, "a", "from a").begin([delivery])
+
+    # Then it runs what the record says now, counted once; nothing is quarantined
+    assert attempt.message.payload == {"x": 2}
+    stored = await hive.status(task_id)
+    assert (stored.status, stored.attempt, stored.payload) == (TaskStatus.RUNNING, 1, {"x": 2})
+    assert await hive.broker.redis.hlen(hive.broker.keys.dead_records) == 0
+
+
+async def test_stream_entries_carry_their_record_only_while_the_stream_is_short(hive):
+    if hive.broker.engine.name != "streams":
+        pytest.skip("the streams engine's entries carry records; ARQ's jobs do not")
+    # Given no spore, when more tasks are queued than a short stream holds
+    ids = await hive.submit_many([TaskSpec(task_type="echo", payload={"x": i}) for i in range(CARRY_BELOW + 6)])
+
+    # Then the first entries carry an exact copy of their record, and those queued behind a backlog none
+    stream = (await hive.status(ids[0])).queue
+    entries = await hive.broker.redis.xrange(stream)
+    assert [e[b"t"].decode() for _, e in entries] == ids
+    copies = [e.get(b"r") for _, e in entries]
+    assert copies[CARRY_BELOW:] == [None] * 6
+    assert copies[:CARRY_BELOW] == await hive.broker.redis.mget([hive.broker.keys.task(t) for t in ids[:CARRY_BELOW]])
+
+
+def test_an_exact_fence_holds_for_those_bytes_only():
+    message = TaskMessage(task_id="t", task_type="echo", payload={"x": 1})
+    raw = b'{"task_id": "t"}'
+    fence = Fence.copy_of(message, raw.decode())
+    assert fence.holds(raw) and fence.holds(raw.decode())
+    assert not fence.holds(raw + b" ") and not fence.holds(None) and not fence.holds(b"\xff")
+    assert fence.argv() == ["=", raw, "", ""]
 
 
 async def test_a_connection_lost_while_watching_starts_the_save_over(hive, monkeypatch):

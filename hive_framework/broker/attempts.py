@@ -17,6 +17,7 @@ import attrs
 
 from .. import wire
 from ..errors import UnknownTaskType, WireError
+from ..keys import read_task
 from ..limits import TypeLimits
 from ..models import TaskMessage, TaskStatus, utcnow
 from ..outage import RedisLink, is_outage
@@ -66,6 +67,17 @@ def begin_attempt(message: TaskMessage | None, job_id: str, node_id: str) -> Sta
     return Start.RUN
 
 
+def _from_copy(raw: bytes | str | None, task_id: str) -> TaskMessage | None:
+    """The task a job's copy of its record shows; ``None`` when there is none or it does not decode (the record
+    itself is read then, and judged on its own: a copy is never quarantined)."""
+    if raw is None:
+        return None
+    try:
+        return read_task(task_id, raw)
+    except WireError:
+        return None
+
+
 class AttemptRunner:
     """The :class:`~hive_framework.broker.engine.TaskRunner` of one spore."""
 
@@ -97,7 +109,37 @@ class AttemptRunner:
 
     async def begin(self, deliveries: Sequence[Delivery]) -> list[Attempt]:
         """Mark every delivered task running in one round trip (plus one to read the records, unless the engine
-        brought them with the jobs); settle the ones with nothing to run."""
+        brought them with the jobs); settle the ones with nothing to run.
+
+        A job that carries a copy of its record (a stream entry queued while its stream was short) begins from the
+        copy, on condition that the record is still exactly that: the usual case saves the round trip that reads
+        it. Otherwise (the record moved on, or the copy would not run as it is) the record is read as usual."""
+        copied: list[tuple[TaskMessage, Delivery, Previous, Fence]] = []
+        others: list[Delivery] = []
+        for delivery in deliveries:
+            copy = delivery.record
+            if copy is None or not copy.copy:
+                others.append(delivery)
+                continue
+            message = _from_copy(copy.raw, delivery.task_id)
+            if message is None or copy.raw is None:
+                others.append(attrs.evolve(delivery, record=None))
+                continue
+            before, fence = message.status, Fence.copy_of(message, copy.raw)
+            if begin_attempt(message, delivery.job_id, self.node_id) is Start.RUN:
+                copied.append((message, delivery, before, fence))
+            else:
+                others.append(attrs.evolve(delivery, record=None))
+        saved = await self.broker.record_attempts([(m, p, f) for m, _, p, f in copied])
+        began = [
+            Attempt(m, attrs.evolve(d, fence=Fence.running(m.attempt, m.engine_job_id, self.node_id)))
+            for (m, d, _, _), ok in zip(copied, saved, strict=True) if ok
+        ]
+        others += [attrs.evolve(d, record=None) for (_, d, _, _), ok in zip(copied, saved, strict=True) if not ok]
+        return began + (await self._begin(others) if others else [])
+
+    async def _begin(self, deliveries: Sequence[Delivery]) -> list[Attempt]:
+        """:meth:`begin` from records read now or read with the jobs."""
         engine = self.broker.engine
         ids = [d.task_id for d in deliveries]
         prefetched = [d.record for d in deliveries]

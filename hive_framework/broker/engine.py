@@ -52,6 +52,9 @@ class Fence:
     job: str
     #: ``""`` for a record with no node.
     node: str
+    #: When set, the record must be exactly these bytes instead (an attempt begun from a copy of the record
+    #: that travelled with its job, which may be stale: any change since the copy refuses the write).
+    exact: bytes | None = attrs.field(default=None, repr=False)
 
     @classmethod
     def running(cls, attempt: int, job: str, node: str) -> Fence:
@@ -64,14 +67,22 @@ class Fence:
         return cls(message.status.value, message.attempt, message.engine_job_id or "", message.assigned_node or "")
 
     @classmethod
+    def copy_of(cls, message: TaskMessage, raw: bytes | str) -> Fence:
+        """The fence of a record known only from a copy ``raw``: the record must still be exactly that."""
+        return cls(message.status.value, message.attempt, message.engine_job_id or "", message.assigned_node or "",
+                   raw.encode() if isinstance(raw, str) else raw)
+
+    @classmethod
     def stored(cls, message: TaskMessage) -> Fence:
         """What the record shows once ``message`` is written: a final record keeps no engine job
         (:data:`~hive_framework.broker.records.LIVE_ONLY_FIELDS`)."""
         job = "" if message.is_terminal else message.engine_job_id or ""
         return cls(message.status.value, message.attempt, job, message.assigned_node or "")
 
-    def argv(self) -> list[str]:
+    def argv(self) -> list[str | bytes]:
         """The fence as arguments of the streams engine's ``guarded.lua``."""
+        if self.exact is not None:
+            return ["=", self.exact, "", ""]
         return [self.status, str(self.attempt), self.job, self.node]
 
     def holds(self, raw: bytes | str | None) -> bool:
@@ -79,6 +90,8 @@ class Fence:
         in the streams engine's ``guarded.lua``); a missing or undecodable record does not."""
         if raw is None:
             return False
+        if self.exact is not None:
+            return (raw.encode() if isinstance(raw, str) else raw) == self.exact
         try:
             record = json.loads(raw)
         except (ValueError, UnicodeDecodeError, RecursionError):
@@ -94,6 +107,8 @@ class Prefetched:
     """A task record an engine read along with the job (``raw`` ``None``: the task has no record)."""
 
     raw: bytes | str | None = attrs.field(repr=False)
+    #: The record was copied into the job when it was queued, not read with it: it may have moved on since.
+    copy: bool = False
 
 
 @attrs.frozen

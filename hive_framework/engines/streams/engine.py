@@ -26,6 +26,13 @@ from .worker import GROUP, StreamWorker
 if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
 
+#: An entry carries a copy of its task record while its stream holds fewer entries than this: an idle spore's
+#: blocking read then brings the record, and the spore begins the task one round trip sooner.
+CARRY_BELOW = 64
+#: Largest record an entry carries, in bytes.
+CARRY_MAX_BYTES = 16_384
+
+
 def delayed_member(stream: str, task_id: str, job_id: str) -> str:
     """A delayed retry's member: a JSON array, so task ids may hold any character (``due_retries.lua``)."""
     return json.dumps([stream, task_id, job_id], ensure_ascii=False, separators=(",", ":"))
@@ -86,7 +93,11 @@ class StreamsEngine(Engine):
     # --- producer side -------------------------------------------------------------------------------
 
     def enqueue_ops(self, pipe: Pipeline, message: TaskMessage) -> None:
-        scripts.ADD.queue_whole(pipe, [message.queue, self.entries], [message.task_id, message.engine_job_id])
+        """Queue the job; its entry carries a copy of the record while the stream is short (``add.lua``)."""
+        scripts.ADD.queue_whole(
+            pipe, [message.queue, self.entries, self.keys.task(message.task_id)],
+            [message.task_id, message.engine_job_id, CARRY_BELOW, CARRY_MAX_BYTES],
+        )
         pipe.sadd(self.types, message.task_type)
 
     def schedule_ops(self, pipe: Pipeline, message: TaskMessage) -> None:

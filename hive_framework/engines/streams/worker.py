@@ -90,20 +90,26 @@ class StreamWorker(Worker):
     async def main(self) -> None:
         await self._ensure_groups()
         upkeep = asyncio.create_task(self._upkeep(), name="hive-streams-upkeep")
+        #: What the claim made beside the last begin took (see :meth:`_start`): the next claim, made already.
+        ahead: list[Delivery] | None = None
         try:
             while True:
                 raise_if_cancelling()
                 free = self._free()
-                if not self._allow or free <= 0:
-                    self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(1.0):
-                            await self._wake.wait()
-                    continue
-                # Always claim before a blocking read: the claim takes the highest level first across every
-                # stream, while a blocking read returns one entry from each stream that has one, so reading
-                # blocking over a backlog would start lower levels beside higher ones.
-                entries = await self._claim(free)
+                if ahead:
+                    entries, ahead = ahead, None  # they fit the slots the last batch left
+                else:
+                    claimed, ahead = ahead, None
+                    if not self._allow or free <= 0:
+                        self._wake.clear()
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(1.0):
+                                await self._wake.wait()
+                        continue
+                    # Always claim before a blocking read: the claim takes the highest level first across every
+                    # stream, while a blocking read returns one entry from each stream that has one, so reading
+                    # blocking over a backlog would start lower levels beside higher ones.
+                    entries = claimed if claimed is not None else await self._claim(free)
                 if not entries and not self._allow:
                     continue  # paused while the claim ran: no blocking read, which pause() could not cancel
                 if not entries:
@@ -120,12 +126,12 @@ class StreamWorker(Worker):
                 if entries and not self._allow:
                     await self._hand_back(entries)
                 elif entries:
-                    await self._start(entries)
+                    ahead = await self._start(entries, claim=self._free() - len(entries))
                     # Let the attempts just started run a few steps: tiny ones finish (their slot is free
                     # again) before the next claim counts the free slots, rather than a claim of one slot
                     # keeping the others waiting a round trip.
                     for _ in range(SETTLE_STEPS):
-                        if self._free() * 4 >= self.capacity:
+                        if ahead is not None or self._free() * 4 >= self.capacity:
                             break
                         await asyncio.sleep(0)
         finally:
@@ -270,9 +276,13 @@ class StreamWorker(Worker):
                 scripts.ADD.queue_whole(pipe, [stream, self.engine.entries], [delivery.task_id, delivery.job_id])
             await pipe.execute()
 
-    async def _start(self, deliveries: Sequence[Delivery]) -> None:
+    async def _start(self, deliveries: Sequence[Delivery], claim: int = 0) -> list[Delivery] | None:
         """Begin every taken entry through the runner (one round trip), then run each in its own task. An entry
-        that names no task and job (not written by the hive) is quarantined and acknowledged."""
+        that names no task and job (not written by the hive) is quarantined and acknowledged.
+
+        With ``claim`` slots left over, the next claim for them goes beside the begin, in the same round trip;
+        returns what it took, or ``None`` when it made none. A spore far from Redis would otherwise spend a round
+        trip on that claim after each batch, during which a new entry waits for its blocking read."""
         malformed = [d for d in deliveries if not (d.task_id and d.job_id)]
         for delivery in malformed:
             stream, entry_id = delivery.receipt
@@ -283,15 +293,27 @@ class StreamWorker(Worker):
                 [("XACK", stream, GROUP, entry_id), ("XDEL", stream, entry_id)],
             )
         deliveries = [d for d in deliveries if d.task_id and d.job_id]
-        if not deliveries:
-            return
-        for attempt in await self.runner.begin(deliveries):
+        ahead: list[Delivery] | None = None
+        if claim > 0 and deliveries:
+            # The claim counts this batch's limited tasks as started already, so it leaves their room to them.
+            limited = [self._limited[d.receipt[0]] for d in deliveries if d.receipt[0] in self._limited]
+            for name in limited:
+                self.limits.started(name)
+            try:
+                ahead, attempts = await asyncio.gather(self._claim(claim), self.runner.begin(deliveries))
+            finally:
+                for name in limited:
+                    self.limits.finished(name)
+        else:
+            attempts = await self.runner.begin(deliveries) if deliveries else []
+        for attempt in attempts:
             stream, entry_id = attempt.delivery.receipt
             handle = f"{stream}\x1f{text(entry_id)}"
             self._held[handle] = (stream, entry_id)
             self.limits.started(attempt.message.task_type)
             attempt.on_ran = functools.partial(self._ran, handle)
             self.tasks[handle] = asyncio.create_task(self._run(handle, attempt))
+        return ahead
 
     def _ran(self, handle: str) -> None:
         """The handler of ``handle`` is done, its outcome being saved: its slot may take the next task (at most
@@ -408,9 +430,11 @@ _NOT_READ = object()
 
 
 def _delivery(stream: str, entry_id: Any, raw: Any, record: Any = _NOT_READ) -> Delivery:
-    """A delivery of a stream entry; with the task's ``record`` when the claim read it (``None``: it has none)."""
+    """A delivery of a stream entry; with the task's ``record`` when the claim read it (``None``: it has none),
+    else with the copy of it the entry carries, if any (``add.lua``)."""
     entry = fields(raw)
     delivery = Delivery(task_id=entry.get("t", ""), job_id=entry.get("j", ""), receipt=(stream, entry_id))
     if record is _NOT_READ:
-        return delivery
+        copy = entry.get("r")
+        return delivery if copy is None else attrs.evolve(delivery, record=Prefetched(copy, copy=True))
     return attrs.evolve(delivery, record=Prefetched(record if isinstance(record, bytes | str) else None))

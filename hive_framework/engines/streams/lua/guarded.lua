@@ -5,7 +5,9 @@
 -- ARGV[1..4]  the fence: status, attempt, engine job id, node id ('' for none). When ARGV[1] is not empty
 --          the record must still show exactly these, else nothing is written and 'fenced' is returned (an
 --          outcome whose lease lapsed and a newer attempt owns the task; an attempt begun over a record that
---          moved on since it was read). A record that does not decode is fenced too.
+--          moved on since it was read). A record that does not decode is fenced too. ARGV[1] '=' asks instead
+--          for the record to be exactly the bytes of ARGV[2] (an attempt begun from the copy of the record its
+--          stream entry carried, which may be stale).
 -- ARGV[5..8] what the record shows once this save is applied (status, attempt, engine job id, node): when the
 --          fence does not hold but the record shows exactly these, with a node (a spore's attempt wrote it), this
 --          very save landed before its reply was lost and is being sent again: nothing is written, and only the
@@ -25,17 +27,22 @@ local landed = false
 if ARGV[1] ~= '' then
   local raw = redis.call('GET', KEYS[2])
   if not raw then return 'fenced' end
-  local ok, rec = pcall(cjson.decode, raw)
-  if not ok or type(rec) ~= 'table' then return 'fenced' end
-  local job, node = rec['engine_job_id'], rec['assigned_node']
-  if job == nil or job == cjson.null then job = '' end
-  if node == nil or node == cjson.null then node = '' end
-  local shows = {rec['status'], tostring(rec['attempt']), job, node}
-  if shows[1] ~= ARGV[1] or shows[2] ~= ARGV[2] or shows[3] ~= ARGV[3] or shows[4] ~= ARGV[4] then
-    if ARGV[8] ~= '' and shows[1] == ARGV[5] and shows[2] == ARGV[6] and shows[3] == ARGV[7] and shows[4] == ARGV[8] then
-      landed = true
-    else
-      return 'fenced'
+  if not (ARGV[1] == '=' and raw == ARGV[2]) then
+    local ok, rec = pcall(cjson.decode, raw)
+    if not ok or type(rec) ~= 'table' then return 'fenced' end
+    local job, node = rec['engine_job_id'], rec['assigned_node']
+    if job == nil or job == cjson.null then job = '' end
+    if node == nil or node == cjson.null then node = '' end
+    local shows = {rec['status'], tostring(rec['attempt']), job, node}
+    local holds = ARGV[1] ~= '=' and shows[1] == ARGV[1] and shows[2] == ARGV[2] and shows[3] == ARGV[3]
+      and shows[4] == ARGV[4]
+    if not holds then
+      if ARGV[8] ~= '' and shows[1] == ARGV[5] and shows[2] == ARGV[6] and shows[3] == ARGV[7]
+          and shows[4] == ARGV[8] then
+        landed = true
+      else
+        return 'fenced'
+      end
     end
   end
 end
