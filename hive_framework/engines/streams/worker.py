@@ -35,6 +35,8 @@ DELAYED_CHECK_S = 0.5
 SETTLE_STEPS = 8
 #: Longest a spore waits in a blocking read while a type it serves is at its cap, so a freed place is used soon.
 CAPPED_POLL_S = 0.1
+#: Tasks that run shorter than this (a moving average, in seconds) are claimed a batch ahead (see ``_quick``).
+AHEAD_BELOW_S = 0.1
 
 
 class StreamWorker(Worker):
@@ -60,6 +62,11 @@ class StreamWorker(Worker):
         #: Tasks whose handler is done and whose outcome is being saved: they hold no slot.
         self._saving: set[str] = set()
         self._held: dict[str, tuple[str, Any]] = {}
+        #: Entries claimed ahead, held (their leases renewed) until slots free up; highest priority first.
+        self._ahead: list[Delivery] = []
+        #: Moving average of how long this spore's handlers run, in seconds (``None``: none ran yet).
+        self._run_s: float | None = None
+        self._began: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._retry_scheduled = asyncio.Event()
         self.lease_ms = int(self.config.lease_seconds * 1000)
@@ -90,26 +97,30 @@ class StreamWorker(Worker):
     async def main(self) -> None:
         await self._ensure_groups()
         upkeep = asyncio.create_task(self._upkeep(), name="hive-streams-upkeep")
-        #: What the claim made beside the last begin took (see :meth:`_start`): the next claim, made already.
-        ahead: list[Delivery] | None = None
+        #: Whether the claim made beside the last begin found nothing (see :meth:`_start`): it was the claim
+        #: before the next blocking read.
+        found_none = False
         try:
             while True:
                 raise_if_cancelling()
                 free = self._free()
-                if ahead:
-                    entries, ahead = ahead, None  # they fit the slots the last batch left
+                if self._ahead and self._allow and free <= 0:
+                    await self._wait_for_wake(1.0)
+                    continue
+                if self._ahead:
+                    # Taken ahead by the claim beside a begin; paused, they all go back.
+                    cut = free if self._allow else len(self._ahead)
+                    entries, self._ahead = self._ahead[:cut], self._ahead[cut:]
                 else:
-                    claimed, ahead = ahead, None
                     if not self._allow or free <= 0:
-                        self._wake.clear()
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(1.0):
-                                await self._wake.wait()
+                        found_none = False
+                        await self._wait_for_wake(1.0)
                         continue
                     # Always claim before a blocking read: the claim takes the highest level first across every
                     # stream, while a blocking read returns one entry from each stream that has one, so reading
                     # blocking over a backlog would start lower levels beside higher ones.
-                    entries = claimed if claimed is not None else await self._claim(free)
+                    entries = [] if found_none else await self._claim(free)
+                    found_none = False
                 if not entries and not self._allow:
                     continue  # paused while the claim ran: no blocking read, which pause() could not cancel
                 if not entries:
@@ -126,7 +137,12 @@ class StreamWorker(Worker):
                 if entries and not self._allow:
                     await self._hand_back(entries)
                 elif entries:
-                    ahead = await self._start(entries, claim=self._free() - len(entries))
+                    room = self._free() - len(entries) - len(self._ahead)
+                    if self._quick():
+                        room += self.capacity
+                    ahead = await self._start(entries, claim=room)
+                    found_none = ahead == [] and not self._ahead
+                    self._ahead += ahead or []
                     # Let the attempts just started run a few steps: tiny ones finish (their slot is free
                     # again) before the next claim counts the free slots, rather than a claim of one slot
                     # keeping the others waiting a round trip.
@@ -138,6 +154,24 @@ class StreamWorker(Worker):
             upkeep.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await upkeep
+            if self._ahead:
+                # Entries taken ahead and never begun go back for other spores rather than wait out a lease.
+                ahead, self._ahead = self._ahead, []
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(2.0):
+                        await self._hand_back(ahead)
+
+    async def _wait_for_wake(self, timeout: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+
+    def _quick(self) -> bool:
+        """Whether this spore's tasks run shorter than :data:`AHEAD_BELOW_S` lately: then the claim beside a
+        begin also takes the slots that batch will free (at most ``capacity`` entries held ahead), so a spore far
+        from Redis begins its next batch without waiting a round trip for it."""
+        return self._run_s is not None and self._run_s < AHEAD_BELOW_S
 
     def _free(self) -> int:
         """Slots free now: tasks whose outcome is only being saved hold none (at most a slot's worth of them)."""
@@ -267,10 +301,12 @@ class StreamWorker(Worker):
         return found
 
     async def _hand_back(self, deliveries: Sequence[Delivery]) -> None:
-        """Return entries read just as the spore paused to their streams, for other spores."""
+        """Return entries read just as the spore paused (or held ahead as it stopped) to their streams, for other
+        spores."""
         async with self.redis.pipeline(transaction=True) as pipe:
             for delivery in deliveries:
                 stream, entry_id = delivery.receipt
+                self._held.pop(_handle(stream, entry_id), None)
                 pipe.xack(stream, GROUP, entry_id)
                 pipe.xdel(stream, entry_id)
                 scripts.ADD.queue_whole(pipe, [stream, self.engine.entries], [delivery.task_id, delivery.job_id])
@@ -283,6 +319,10 @@ class StreamWorker(Worker):
         With ``claim`` slots left over, the next claim for them goes beside the begin, in the same round trip;
         returns what it took, or ``None`` when it made none. A spore far from Redis would otherwise spend a round
         trip on that claim after each batch, during which a new entry waits for its blocking read."""
+        # Entries held ahead are held on as running attempts from here, or not at all (skipped, refused, or this
+        # begin failed: then their lease lapses and a spore takes them over).
+        for delivery in deliveries:
+            self._held.pop(_handle(*delivery.receipt), None)
         malformed = [d for d in deliveries if not (d.task_id and d.job_id)]
         for delivery in malformed:
             stream, entry_id = delivery.receipt
@@ -295,8 +335,10 @@ class StreamWorker(Worker):
         deliveries = [d for d in deliveries if d.task_id and d.job_id]
         ahead: list[Delivery] | None = None
         if claim > 0 and deliveries:
-            # The claim counts this batch's limited tasks as started already, so it leaves their room to them.
-            limited = [self._limited[d.receipt[0]] for d in deliveries if d.receipt[0] in self._limited]
+            # The claim counts this batch's limited tasks (and those held ahead) as started already, so it leaves
+            # their room to them.
+            held = (*deliveries, *self._ahead)
+            limited = [self._limited[d.receipt[0]] for d in held if d.receipt[0] in self._limited]
             for name in limited:
                 self.limits.started(name)
             try:
@@ -306,19 +348,27 @@ class StreamWorker(Worker):
                     self.limits.finished(name)
         else:
             attempts = await self.runner.begin(deliveries) if deliveries else []
+        now = time.monotonic()
         for attempt in attempts:
             stream, entry_id = attempt.delivery.receipt
-            handle = f"{stream}\x1f{text(entry_id)}"
+            handle = _handle(stream, entry_id)
             self._held[handle] = (stream, entry_id)
+            self._began[handle] = now
             self.limits.started(attempt.message.task_type)
             attempt.on_ran = functools.partial(self._ran, handle)
             self.tasks[handle] = asyncio.create_task(self._run(handle, attempt))
+        for delivery in ahead or []:
+            self._held[_handle(*delivery.receipt)] = delivery.receipt
         return ahead
 
     def _ran(self, handle: str) -> None:
         """The handler of ``handle`` is done, its outcome being saved: its slot may take the next task (at most
         as many saves in flight as slots, so a Redis that stops answering stops the claims too)."""
         self._saving.add(handle)
+        began = self._began.pop(handle, None)
+        if began is not None:
+            took = time.monotonic() - began
+            self._run_s = took if self._run_s is None else 0.8 * self._run_s + 0.2 * took
         self._wake.set()
 
     async def _run(self, handle: str, attempt: Attempt) -> None:
@@ -334,6 +384,7 @@ class StreamWorker(Worker):
             self.limits.finished(attempt.message.task_type)
             self.tasks.pop(handle, None)
             self._held.pop(handle, None)
+            self._began.pop(handle, None)
             self._saving.discard(handle)
             self._wake.set()
 
@@ -423,6 +474,11 @@ class StreamWorker(Worker):
             if taken:
                 logger.info("taking over %d task(s) of a lost spore from %s", len(taken), stream)
                 await self._start(taken)
+
+
+def _handle(stream: str, entry_id: Any) -> str:
+    """The key of a held entry in :attr:`StreamWorker.tasks` and the leases renewed."""
+    return f"{stream}\x1f{text(entry_id)}"
 
 
 #: What the claim script's reply has for an entry whose task record it read (``False`` from Lua: none).
