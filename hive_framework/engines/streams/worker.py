@@ -147,7 +147,7 @@ class StreamWorker(Worker):
                     # again) before the next claim counts the free slots, rather than a claim of one slot
                     # keeping the others waiting a round trip.
                     for _ in range(SETTLE_STEPS):
-                        if ahead is not None or self._free() * 4 >= self.capacity:
+                        if self._free() * 4 >= self.capacity:
                             break
                         await asyncio.sleep(0)
         finally:
