@@ -27,6 +27,7 @@ from .clikit import run_coro as run_coro  # the name plugins imported from here
 from .config import HiveConfig
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, ConfigError, HiveError, InvalidTask, PluginError, UnknownTaskType
 from .kernel import Kernel
+from .redisutil import read_or_empty
 
 
 class HiveGroup(click.Group):
@@ -441,7 +442,8 @@ def dead(state: CliState, limit: int, records: bool, as_json: bool) -> None:
 
     async def go() -> tuple[list[Any], int]:
         async with MessageBroker(state.kernel()) as broker:
-            quarantined = int(await broker.redis.zcard(broker.keys.dead_records_index))
+            index = broker.keys.dead_records_index
+            quarantined = int(await read_or_empty(broker.redis.zcard(index), 0, index))
             if records:
                 return await broker.quarantined_records(limit), quarantined
             return list(await broker.dead_letters(limit)), quarantined

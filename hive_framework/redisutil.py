@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar, cast
 
-from redis.exceptions import WatchError
+from redis.exceptions import ResponseError, WatchError
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -14,6 +17,32 @@ T = TypeVar("T")
 def awaited(value: Awaitable[T] | T) -> Awaitable[T]:
     """A redis-py command typed as awaitable: its stubs say ``Awaitable[T] | T``; on ``redis.asyncio`` it always is."""
     return cast("Awaitable[T]", value)
+
+
+def another_type(error: BaseException) -> bool:
+    """Whether ``error`` is Redis refusing a command because its key holds another type than it works on."""
+    return isinstance(error, ResponseError) and str(error).startswith("WRONGTYPE")
+
+
+def or_empty(reply: Any, empty: T, key: str) -> Any:
+    """A pipeline reply (run with ``raise_on_error=False``), or ``empty`` when ``key`` holds another type than
+    the hive keeps there (planted by hand, or left by a bug): a reader reads it as empty, with a warning, and the
+    next save to the key replaces it. Other errors are raised."""
+    if isinstance(reply, Exception):
+        if not another_type(reply):
+            raise reply
+        logger.warning("%s holds another type than the hive keeps there: read as empty until a save replaces it",
+                       key)
+        return empty
+    return reply
+
+
+async def read_or_empty(read: Awaitable[T] | T, empty: T, key: str) -> T:
+    """The reply of one read, or ``empty`` when ``key`` holds another type (see :func:`or_empty`)."""
+    try:
+        return await awaited(read)
+    except ResponseError as exc:
+        return cast("T", or_empty(exc, empty, key))
 
 
 def text(value: Any) -> str:

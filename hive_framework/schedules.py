@@ -30,7 +30,7 @@ from cronsim import CronSim, CronSimError
 from . import wire
 from .durations import parse_duration
 from .errors import ConfigError, HiveError, InvalidTask
-from .redisutil import raise_if_cancelling, text
+from .redisutil import raise_if_cancelling, read_or_empty, text
 
 
 class Broker(Protocol):
@@ -270,8 +270,9 @@ class Scheduler:
 async def schedule_rows(broker: Broker, now: float | None = None) -> list[dict[str, Any]]:
     """The published schedules with their last tick, last task id and next tick, for listings."""
     keys = broker.keys
-    defs = await broker.redis.hgetall(keys.schedule_defs)
-    ticks = {text(k): text(v) for k, v in (await broker.redis.hgetall(keys.schedule_ticks)).items()}
+    defs = await read_or_empty(broker.redis.hgetall(keys.schedule_defs), {}, keys.schedule_defs)
+    last = await read_or_empty(broker.redis.hgetall(keys.schedule_ticks), {}, keys.schedule_ticks)
+    ticks = {text(k): text(v) for k, v in last.items()}
     now = time.time() if now is None else now
     rows = []
     for raw in defs.values():

@@ -161,6 +161,36 @@ def test_planted_garbage_in_every_key_type_stops_nothing(hive_config, data):
     asyncio.run(scenario())
 
 
+async def test_keys_of_another_type_where_readers_read_stop_no_sweep_snapshot_or_call(hive):
+    # Given a string (planted by hand, or left by a bug) at every index, set and hash the readers read
+    keys, redis = hive.broker.keys, hive.broker.redis
+    planted = [
+        *(keys.status_index(status) for status in TaskStatus), keys.dead_letters, keys.unrouted, keys.jobs,
+        unserved_key(keys), registry_key(keys), keys.nodes, keys.node_infos, keys.dead_records_index,
+        keys.dead_records, hive.broker.engine.key("types"), keys.schedule_defs, keys.schedule_ticks,
+    ]
+    for key in planted:
+        await redis.set(key, b"not the type you read")
+
+    # When a watchdog sweeps, the Monitor takes its snapshot and a client calls the broker
+    watchdog = Watchdog(hive.broker, interval=1.0)
+    await watchdog.sweep()
+    await watchdog.sweep()
+    snapshot = await Monitor(hive.broker).snapshot()
+
+    # Then each reads those keys as empty: nothing fails, nothing is counted
+    assert (snapshot["trouble"]["dead_letter_count"], snapshot["trouble"]["parked"]) == (0, 0)
+    stats = await hive.queue_stats()
+    assert stats["tasks_running"] == stats["tasks_completed"] == 0
+    assert await hive.nodes() == []
+    assert await hive.broker.get_cluster_nodes() == ([], [])
+    assert await hive.broker.dead_letters() == []
+    assert await dead_records(redis, keys) == []
+    # and the next save replaces what it writes to: a task still runs through
+    assert await hive.broker.detect_zombie_tasks() == []
+
+
+
 @pytest.mark.parametrize("server", ["redis", "fakeredis"])
 def test_the_status_runner_replaces_a_key_of_another_type_and_fails_on_other_errors(hive_config, server):
     # The embedded default runs the same Lua on fakeredis, whose errors are not plain strings.

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from hive_framework import Kernel, TaskStatus, wire
 from hive_framework.broker import finished, records
 from hive_framework.broker.records import DONE_MARKER_TTL_MS, status_commands
+from hive_framework.broker.retention import trim
 from hive_framework.models import NodeInfo, TaskMessage
 from hive_framework.nexus import Watchdog
 from hive_framework.testing import async_wait_until, fast_config
@@ -89,6 +90,20 @@ async def test_a_sweep_trims_old_entries_and_forgets_long_offline_nodes(hive):
     assert await redis.zcard(keys.jobs) == 0
     assert not await redis.hexists(keys.node_infos, "host-1234")
     assert not await redis.sismember(keys.nodes, "host-1234")
+
+
+async def test_a_trimming_pass_counts_each_kind_it_removed(hive):
+    # Given old entries: two in final indexes (completed, cancelled), one dead letter, three job ids
+    redis, keys = hive.broker.redis, hive.broker.keys
+    old = time.time() - 3600
+    await redis.zadd(keys.status_index(TaskStatus.COMPLETED), {"gone-1": old})
+    await redis.zadd(keys.status_index(TaskStatus.CANCELLED), {"gone-2": old})
+    await redis.zadd(keys.dead_letters, {"gone-3": old})
+    await redis.zadd(keys.jobs, {"job-1": old, "job-2": old, "job-3": old})
+
+    # When one trimming pass runs, then its counts say what it removed, each under its own kind
+    assert await trim(hive.broker) == {"index_entries": 2, "dead_letters": 1, "jobs": 3, "dead_records": 0,
+                                       "nodes": 0}
 
 
 async def test_consumers_of_stopped_spores_leave_the_stream_groups(hive, run_spore):

@@ -14,7 +14,7 @@ from redis.asyncio.client import PubSub
 from .. import wire
 from ..errors import InvalidTask, WireError
 from ..models import BroadcastMessage, BroadcastReply, NodeInfo, TaskMessage, TaskStatus, utcnow
-from ..redisutil import awaited, text, texts
+from ..redisutil import or_empty, read_or_empty, text, texts
 from .finished import finished_counts
 from .poison import dead_records, digest, quarantine
 
@@ -52,7 +52,7 @@ class ClusterMixin:
             self.engine.depth_ops(pipe)
             for status in live:
                 pipe.zcard(self.keys.status_index(status))
-            results = await pipe.execute()
+            results = [or_empty(r, 0, "a queue or status index") for r in await pipe.execute(raise_on_error=False)]
         depths = results[-(len(live) + 2) :]
         by_status = dict(zip(live, depths[2:], strict=True))
         by_status.update(await finished_counts(self.redis, self.keys, self.config.result_ttl))
@@ -71,7 +71,7 @@ class ClusterMixin:
 
     async def get_nodes(self, *, include_offline: bool = False) -> list[NodeInfo]:
         """Spores whose heartbeat has not expired, freshest first."""
-        node_ids = sorted(texts(await awaited(self.redis.smembers(self.keys.nodes))))
+        node_ids = sorted(texts(await read_or_empty(self.redis.smembers(self.keys.nodes), set(), self.keys.nodes)))
         if not node_ids:
             return []
         raws = await self.redis.mget([self.keys.node(n) for n in node_ids])
@@ -91,7 +91,8 @@ class ClusterMixin:
         online = await self.get_nodes()
         ids = {n.node_id for n in online}
         offline = []
-        for node_id, raw in (await awaited(self.redis.hgetall(self.keys.node_infos))).items():
+        infos = await read_or_empty(self.redis.hgetall(self.keys.node_infos), {}, self.keys.node_infos)
+        for node_id, raw in infos.items():
             try:
                 info = wire.loads(raw, NodeInfo)
             except WireError as exc:
@@ -107,7 +108,8 @@ class ClusterMixin:
 
     async def dead_letters(self, limit: int = 100) -> list[TaskMessage]:
         """Tasks that failed for good, newest first."""
-        ids = texts(await self.redis.zrevrange(self.keys.dead_letters, 0, limit - 1))
+        ids = texts(await read_or_empty(self.redis.zrevrange(self.keys.dead_letters, 0, limit - 1), [],
+                                        self.keys.dead_letters))
         return [m for m in await self.get_tasks(ids) if m is not None]
 
     async def quarantined_records(self, limit: int = 100) -> list[dict[str, Any]]:
@@ -117,7 +119,8 @@ class ClusterMixin:
 
     async def detect_zombie_tasks(self) -> list[TaskMessage]:
         """Running tasks whose spore is gone (no heartbeat) or that ran past ``HIVE_ZOMBIE_TASK_TIMEOUT``."""
-        running = texts(await self.redis.zrange(self.keys.status_index(TaskStatus.RUNNING), 0, -1))
+        index = self.keys.status_index(TaskStatus.RUNNING)
+        running = texts(await read_or_empty(self.redis.zrange(index, 0, -1), [], index))
         if not running:
             return []
         online = {n.node_id for n in await self.get_nodes()}

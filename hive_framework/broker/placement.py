@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InvalidTask
 from ..models import NodeInfo, TaskMessage, TaskStatus
 from ..policies import parse_priority
-from ..redisutil import text
+from ..redisutil import read_or_empty, text
 from .poison import quarantine
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ class TypeView:
     async def read(cls, redis: Redis, keys: Keys, nodes: list[NodeInfo]) -> TypeView:
         """Read the registry and merge in the online spores' advertisements; a registry entry that is not
         options a spore could have written is quarantined (poison) instead of failing every enqueue."""
-        raw: Mapping[Any, Any] = await redis.hgetall(registry_key(keys))  # type: ignore[misc]
+        raw: Mapping[Any, Any] = await read_or_empty(redis.hgetall(registry_key(keys)), {}, registry_key(keys))
         advertised: dict[str, dict[str, Any]] = {}
         for name, options in raw.items():
             try:
@@ -147,7 +147,8 @@ async def waiting_for_spores(redis: Redis, keys: Keys, nodes: list[NodeInfo]) ->
     """Per task type, how many queued tasks wait because no online spore serves that type now."""
     served = {t for node in nodes for t in node.task_types}
     # Scored by when each started waiting: a scheduled task's score is its due time, so one not due is left out.
-    ids = [text(raw) for raw in await redis.zrangebyscore(unserved_key(keys), "-inf", time.time())]
+    key = unserved_key(keys)
+    ids = [text(raw) for raw in await read_or_empty(redis.zrangebyscore(key, "-inf", time.time()), [], key)]
     counts: dict[str, int] = {}
     raws = await redis.mget([keys.task(t) for t in ids]) if ids else []
     for raw in raws:

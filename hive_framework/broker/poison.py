@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..redisutil import awaited, text
+from ..redisutil import read_or_empty, text
 from .records import add_to_pipeline
 
 if TYPE_CHECKING:
@@ -123,9 +123,10 @@ def _row(name: Any, raw: Any, at: float) -> dict[str, Any]:
 async def dead_records(redis: Redis, keys: Keys, limit: int = 100) -> list[dict[str, Any]]:
     """The quarantined records, newest first. An entry that is not one this module wrote (not JSON, not a JSON
     object: written straight into Redis) comes back as a row marked ``"unreadable": True``, never an error."""
-    scored = await redis.zrevrange(keys.dead_records_index, 0, limit - 1, withscores=True)
+    index = keys.dead_records_index
+    scored = await read_or_empty(redis.zrevrange(index, 0, limit - 1, withscores=True), [], index)
     if not scored:
         return []
     names = [name for name, _ in scored]
-    raws = await awaited(redis.hmget(keys.dead_records, names))
+    raws = await read_or_empty(redis.hmget(keys.dead_records, names), [None] * len(names), keys.dead_records)
     return [_row(name, raw, float(at)) for (name, at), raw in zip(scored, raws, strict=True) if raw is not None]

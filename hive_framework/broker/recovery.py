@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InvalidTask, WireError
 from ..keys import read_task
 from ..models import NodeInfo, TaskMessage, TaskStatus, utcnow
-from ..redisutil import awaited, glob_escape, start_over_on_watch_error, text, texts
+from ..redisutil import glob_escape, read_or_empty, start_over_on_watch_error, text, texts
 from .placement import is_unserved, unserved_key
 
 if TYPE_CHECKING:
@@ -158,7 +158,8 @@ class RecoveryMixin:
         served = {t for n in nodes for t in n.task_types}
         key = unserved_key(self.keys)
         failed = 0
-        entries = [(text(raw_id), since) for raw_id, since in await self.redis.zrange(key, 0, -1, withscores=True)]
+        entries = [(text(raw_id), since)
+                   for raw_id, since in await read_or_empty(self.redis.zrange(key, 0, -1, withscores=True), [], key)]
         for start in range(0, len(entries), UNSERVED_CHUNK):
             chunk = entries[start : start + UNSERVED_CHUNK]
             # one read for the chunk; the ones taken meanwhile (or gone) are forgotten in one write
@@ -217,7 +218,8 @@ class RecoveryMixin:
         now = time.time() if now is None else now
         counts = {"placed": 0, "expired": 0, "rerouted": 0}
         nodes = await self.get_nodes()
-        parked = await self.redis.zrange(self.keys.unrouted, 0, -1, withscores=True)
+        parked = await read_or_empty(self.redis.zrange(self.keys.unrouted, 0, -1, withscores=True), [],
+                                     self.keys.unrouted)
         for raw_id, since in parked:
             task_id = text(raw_id)
             message = await self.get_task_status(task_id)
@@ -241,7 +243,7 @@ class RecoveryMixin:
                 counts["placed"] += 1
         counts["expired"] += await self._expire_unserved(nodes, now)
         online = {n.node_id for n in nodes}
-        known = set(texts(await awaited(self.redis.hkeys(self.keys.node_infos))))
+        known = set(texts(await read_or_empty(self.redis.hkeys(self.keys.node_infos), [], self.keys.node_infos)))
         # A spore that stopped cleanly deregistered itself, but tasks the balancer routed to it may still sit
         # in its queue: find those queues too (from them only routed tasks, with requirements, move; a task
         # pinned to a node that is not up yet stays for it).

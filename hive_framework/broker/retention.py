@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .. import wire
 from ..errors import WireError
 from ..models import NodeInfo, TaskStatus
-from ..redisutil import awaited
+from ..redisutil import or_empty, read_or_empty
 
 if TYPE_CHECKING:
     from .base import MessageBroker
@@ -33,17 +33,19 @@ async def trim(broker: MessageBroker, *, now: float | None = None) -> dict[str, 
         pipe.zremrangebyscore(keys.dead_letters, "-inf", cutoff)
         pipe.zremrangebyscore(keys.jobs, "-inf", cutoff)
         pipe.zrangebyscore(keys.dead_records_index, "-inf", cutoff)
-        replies = await pipe.execute()
-    old_records = replies[-1]
-    counts = {"index_entries": sum(replies[:-4]), "dead_letters": replies[-4], "jobs": replies[-3],
-              "dead_records": len(old_records), "nodes": 0}
+        *trimmed, old = await pipe.execute(raise_on_error=False)
+    *indexes, dead, jobs = [or_empty(r, 0, "an index the watchdog trims") for r in trimmed]
+    old_records = or_empty(old, [], keys.dead_records_index)
+    counts = {"index_entries": sum(indexes), "dead_letters": dead, "jobs": jobs, "dead_records": len(old_records),
+              "nodes": 0}
     if old_records:
         async with redis.pipeline(transaction=True) as pipe:
             pipe.hdel(keys.dead_records, *old_records)
             pipe.zrem(keys.dead_records_index, *old_records)
-            await pipe.execute()
+            for reply in await pipe.execute(raise_on_error=False):
+                or_empty(reply, 0, keys.dead_records)
     online = {n.node_id for n in await broker.get_nodes()}
-    infos = await awaited(redis.hgetall(keys.node_infos))
+    infos = await read_or_empty(redis.hgetall(keys.node_infos), {}, keys.node_infos)
     forget = []
     for node_id, raw in infos.items():
         try:
@@ -56,6 +58,7 @@ async def trim(broker: MessageBroker, *, now: float | None = None) -> dict[str, 
         async with redis.pipeline(transaction=True) as pipe:
             pipe.hdel(keys.node_infos, *forget)
             pipe.srem(keys.nodes, *forget)
-            await pipe.execute()
+            for reply in await pipe.execute(raise_on_error=False):
+                or_empty(reply, 0, "the node ids")
     counts["nodes"] = len(forget)
     return counts

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from ...broker.engine import Attempt, Delivery, Prefetched, TaskRunner, Worker
 from ...broker.poison import digest, quarantine
-from ...redisutil import awaited, fields, raise_if_cancelling, text
+from ...redisutil import fields, raise_if_cancelling, read_or_empty, text
 from . import scripts
 
 if TYPE_CHECKING:
@@ -97,8 +97,8 @@ class StreamWorker(Worker):
     async def main(self) -> None:
         await self._ensure_groups()
         upkeep = asyncio.create_task(self._upkeep(), name="hive-streams-upkeep")
-        #: Whether the claim made beside the last begin found nothing (see :meth:`_start`): it was the claim
-        #: before the next blocking read.
+        # Whether the claim made beside the last begin found nothing (see _start): it was the claim before the
+        # next blocking read.
         found_none = False
         try:
             while True:
@@ -436,7 +436,8 @@ class StreamWorker(Worker):
         idle_ms = 1000 * (max(self.config.lease_seconds * 4, 60.0) if idle_s is None else idle_s)
         removed = 0
         # Every type's streams, not only this spore's: a type no live spore serves still had readers once.
-        queued = {text(t) for t in await awaited(self.redis.smembers(self.engine.types))}
+        types_key = self.engine.types
+        queued = {text(t) for t in await read_or_empty(self.redis.smembers(types_key), set(), types_key)}
         types = sorted(queued | set(self.runner.task_types))
         streams = self.engine.queues(types)
         async with self.redis.pipeline(transaction=False) as pipe:
