@@ -14,12 +14,14 @@ import attrs
 import pytest
 from redis.exceptions import WatchError
 
-from hive_framework import Kernel, TaskMessage, TaskSpec, TaskStatus
+from hive_framework import Hive, Kernel, TaskMessage, TaskSpec, TaskStatus
 from hive_framework.broker import AttemptRunner, Delivery, Fence
 from hive_framework.broker.engine import Prefetched
 from hive_framework.engines.streams.engine import CARRY_BELOW
+from hive_framework.testing import fast_config
 
 from .integration_helpers import BASIC, count_outcomes
+from .private_redis import PrivateRedis
 
 pytestmark = [pytest.mark.redis]
 
@@ -283,3 +285,25 @@ async def test_a_save_that_landed_before_its_reply_was_lost_is_not_fenced_when_s
     assert await hive.broker.redis.llen(hive.broker.keys.done(task_id)) == 1
     # and neither save sent again was taken for a newer attempt's (the final record keeps no engine job)
     assert len(resent) == 2 and all(outcome is not None for [outcome] in resent)
+
+
+async def test_a_save_after_redis_lost_its_scripts_loads_the_runner_and_lands(tmp_path):
+    # Given a hive on a private Redis (its script cache is flushed here, which no shared server may see)
+    server = PrivateRedis(tmp_path / "redis", appendonly=False)
+    server.start()
+    hive = Hive(Kernel(fast_config(server.url), apps=[BASIC]))
+    try:
+        await hive.open()
+        task_id = await hive.submit("echo", {"x": 1})
+        (attempt,) = await _runner(hive, "a", "from a").begin([await _delivery(hive, task_id)])
+
+        # When Redis loses its scripts (a restart, a failover) before the attempt's outcome is saved
+        await hive.broker.redis.script_flush()
+        await _runner(hive, "a", "from a").run(attempt)
+
+        # Then the save loads what it needs and lands, once
+        stored = await hive.status(task_id)
+        assert (stored.status, stored.attempt, stored.result) == (TaskStatus.COMPLETED, 1, "from a")
+    finally:
+        await hive.close()
+        server.stop()

@@ -7,6 +7,7 @@ so the two paths can never drift apart.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,8 @@ COMMANDS_LUA = "\n".join(
     if not line.startswith("--")  # sent whole by pipelines: only the code
 )
 _RUN_SCRIPT = f"{COMMANDS_LUA}\nreturn run_commands(ARGV, 1, false)\n"
+#: The SHA-1 a call by SHA names (:func:`add_to_pipeline` with ``by_sha``).
+_RUN_SHA = hashlib.sha1(_RUN_SCRIPT.encode()).hexdigest()
 
 #: One Redis command: its name, then its arguments.
 Command = tuple[Any, ...]
@@ -111,13 +114,23 @@ def status_commands(
     return out
 
 
-def add_to_pipeline(pipe: Any, commands: list[Command]) -> None:
+def add_to_pipeline(pipe: Any, commands: list[Command], *, by_sha: bool = False) -> None:
     """Queue ``commands`` on a redis-py pipeline as one script call (one reply: the last command's).
 
     Its one key, the first command's, only routes the call on a Redis Cluster (every key of a hive shares
-    a slot)."""
+    a slot). ``by_sha`` sends the script's SHA-1 instead of its 1.6 KB source (EVALSHA): for a caller that,
+    on ``NoScriptError``, calls :func:`load_runner` and sends the pipeline again, which is safe only when the
+    pipeline writes nothing else (every call of a missing script fails alike, so none of them wrote)."""
     if commands:
-        pipe.eval(_RUN_SCRIPT, 1, commands[0][1], *flatten(commands))
+        if by_sha:
+            pipe.evalsha(_RUN_SHA, 1, commands[0][1], *flatten(commands))
+        else:
+            pipe.eval(_RUN_SCRIPT, 1, commands[0][1], *flatten(commands))
+
+
+async def load_runner(redis: Any) -> None:
+    """Load the status runner into Redis's script cache (lost on a restart or a failover)."""
+    await redis.script_load(_RUN_SCRIPT)
 
 
 def flatten(commands: list[Command]) -> list[Any]:

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from arq.jobs import serialize_job
-from redis.exceptions import WatchError
+from redis.exceptions import NoScriptError, WatchError
 
 from ...broker.engine import Delivery, Engine, Fence, Guard, Previous, TaskRunner, fenced, guard_parts
-from ...broker.records import add_to_pipeline, status_commands
+from ...broker.records import add_to_pipeline, load_runner, status_commands
 from ...models import HIGH_PRIORITY_LEVEL, TaskMessage
 from ...redisutil import raise_if_cancelling, texts
 from .keyspace import ArqKeys
@@ -138,6 +138,11 @@ class ArqEngine(Engine):
                 # from before a Redis restart): redis-py says start the transaction over. A Redis still away
                 # then fails the next WATCH with a ConnectionError, which the caller handles as an outage.
                 continue
+            except NoScriptError:
+                # Redis lacks the status runner (first save, or scripts lost in a restart or failover). Every
+                # write of the transaction is a call of it, and they all failed alike: nothing was written.
+                await load_runner(self.redis)
+                continue
             # Logged once the decision is final: a pass that started over decided nothing.
             for message in fenced_out:
                 fenced(message)
@@ -181,7 +186,7 @@ class ArqEngine(Engine):
                     continue
                 # one script call, whose reply is the last command's: the dependents
                 commands = status_commands(self.keys, self.config, message, previous)
-                add_to_pipeline(pipe, [*commands, ("SMEMBERS", self.keys.dependents(message.task_id))])
+                add_to_pipeline(pipe, [*commands, ("SMEMBERS", self.keys.dependents(message.task_id))], by_sha=True)
                 position += 1
                 ends.append(position)
             replies = await pipe.execute() if position >= 0 else []
