@@ -186,9 +186,7 @@ async def test_keys_of_another_type_where_readers_read_stop_no_sweep_snapshot_or
     assert await hive.broker.get_cluster_nodes() == ([], [])
     assert await hive.broker.dead_letters() == []
     assert await dead_records(redis, keys) == []
-    # and the next save replaces what it writes to: a task still runs through
     assert await hive.broker.detect_zombie_tasks() == []
-
 
 
 @pytest.mark.parametrize("server", ["redis", "fakeredis"])
