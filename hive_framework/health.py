@@ -26,7 +26,7 @@ from .connection import describe_error, redis_client
 from .errors import WireError
 from .keys import Keys
 from .models import NodeInfo
-from .redisutil import awaited
+from .redisutil import read_or_empty, texts
 from .wire import loads
 
 
@@ -61,8 +61,8 @@ async def _check(
         notes.append(f"Redis at {config.safe_redis_url()} answers")
         limit = max_age if max_age is not None else max(config.heartbeat_interval * 3, 1.0)
         if spore is not None or spore_here:
-            members = await awaited(client.smembers(keys.nodes))
-            ids = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+            members = await read_or_empty(client.smembers(keys.nodes), set(), keys.nodes)
+            ids = sorted(texts(members))
             raws = await client.mget([keys.node(n) for n in ids]) if ids else []
             # after the read: a beat that landed while it ran is not younger than now (ages never negative)
             now = datetime.now(UTC)

@@ -286,10 +286,6 @@ class Engine(abc.ABC):
     def depth_ops(self, pipe: Pipeline) -> None:
         """Exactly two commands whose replies are the high and the background queue depths (every type's)."""
 
-    def queued_types_ops(self, pipe: Pipeline) -> None:
-        """One command whose reply is every task type that ever had a job queued (for waiting reasons)."""
-        pipe.smembers(self.key("types"))
-
     @abc.abstractmethod
     def queue_depth_ops(self, pipe: Pipeline, queue: str) -> None:
         """One command whose reply is the number of jobs on ``queue`` (a node's own queue, for the monitor)."""
