@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
 """Redis memory per finished task, and whether it comes back down once the results expire.
 
-    python bench/memory.py [--n 1000000] [--ttl 60] [--spores 2] [--broker streams|arq] [--expire-effort N] [--json]
+    python bench/memory.py [--n 1000000] [--ttl 60] [--spores 2] [--broker streams|arq] [--expire-effort N]
+                           [--collect] [--json]
 
 On a private ``redis-server`` (no persistence): pushes N tiny tasks (``bench.noop``) in batches of 1,000
-while spores (real processes) run them, and prints Redis ``used_memory`` (and the key count) at 0, 25 %,
-50 %, 100 % of the tasks finished, then after ``HIVE_RESULT_TTL`` (``--ttl``) passed and a nexus swept. The
-figure per task is (memory at 100 % - baseline) / the finished tasks still kept then (all N when the run is
-shorter than the TTL; with a shorter TTL the oldest have expired and the figure is of the steady window);
-"after TTL" should be back near the baseline. ``--expire-effort`` sets the server's ``active-expire-effort``
-(1, Redis's default, to 10): how hard its expiry cycle works to reclaim expired keys no client reads.
-Nothing is asserted: it prints figures.
+while spores (real processes) run them, and prints Redis ``used_memory`` (and the key count) on the empty
+server, once the spores are up (the idle hive), at 25 %, 50 %, 100 % of the tasks finished, then after
+``HIVE_RESULT_TTL`` (``--ttl``) passed and a nexus swept. The figure per task is (memory at 100 % - the
+empty server) / the finished tasks still kept then (all N when the run is shorter than the TTL; with a
+shorter TTL the oldest have expired and the figure is of the steady window); "after TTL" is compared with
+the idle hive. ``--collect`` submits each batch as a map whose results are collected with ``forget=True``
+(8 batches in flight): the figure per task is then (memory at 100 % - the idle hive) / N, what a task costs
+once its result is collected (run it with a TTL longer than the run). ``--expire-effort`` sets the
+server's ``active-expire-effort`` (1, Redis's default, to 10): how hard its expiry cycle works to reclaim
+expired keys no client reads. Nothing is asserted: it prints figures.
 """
 
 from __future__ import annotations
@@ -79,15 +83,30 @@ async def measure(args: argparse.Namespace, redis_url: str, log_dir: Path) -> di
     rows = [await sample("baseline")]
     spores = Workers("spores", spore_argvs(args.spores, 50, "mem"), env, log_dir)
     try:
+        while len(await hive.broker.get_nodes()) < args.spores:
+            spores.check_alive()
+            await asyncio.sleep(0.2)
+        rows.append(await sample("idle hive"))
         marks = [args.n // 4, args.n // 2, args.n]
         pushed = 0
         started = time.perf_counter()
         finished = 0
+        in_flight = asyncio.Semaphore(8)
+
+        async def collected(batch: int) -> None:
+            async with in_flight:
+                await hive.map("bench.noop", [{}] * batch, forget=True)
+
         for mark in marks:
+            maps = []
             while pushed < mark:
                 batch = min(1000, mark - pushed)
-                await hive.submit_many([TaskSpec(task_type="bench.noop", payload={}) for _ in range(batch)])
+                if args.collect:
+                    maps.append(asyncio.create_task(collected(batch)))
+                else:
+                    await hive.submit_many([TaskSpec(task_type="bench.noop", payload={}) for _ in range(batch)])
                 pushed += batch
+            await asyncio.gather(*maps)
             while finished < mark:  # the spores drain what was pushed
                 spores.check_alive()
                 finished = int(await redis.get(ns.counter) or 0)  # each bench.noop counts itself
@@ -107,25 +126,38 @@ async def measure(args: argparse.Namespace, redis_url: str, log_dir: Path) -> di
     def own(row: dict[str, Any]) -> int:
         return int(row["used_memory"] - row["clients"] - row["lua_caches"] - row["tables"])
 
-    base, full, after = rows[0]["used_memory"], rows[-2]["used_memory"], rows[-1]["used_memory"]
+    base, idle = rows[0]["used_memory"], rows[1]["used_memory"]
+    full, after = rows[-2]["used_memory"], rows[-1]["used_memory"]
     # finished tasks still kept at the end (a run longer than the TTL has let the first ones expire)
     kept = max(rows[-2]["records_kept"], 1)
     summary = {
         "broker": config.broker, "tasks": args.n, "ttl_s": args.ttl, "expire_effort": args.expire_effort or 1,
-        "rows": rows, "kept_at_end": kept,
+        "collect": args.collect, "rows": rows, "kept_at_end": kept,
         "bytes_per_finished_task": round((full - base) / kept, 1),
         # over every task record Redis holds, the expired ones its expiry cycle has not reclaimed yet included
         "bytes_per_record_held": round((full - base) / max(rows[-2]["keys"], 1), 1),
+        # every task's cost over the idle hive, whatever it still keeps (--collect: its result was collected)
+        "bytes_per_task_over_idle": round((full - idle) / args.n, 1),
+        # what each task added from the first mark to the last, without the connections' buffers, the script
+        # cache and the keyspace tables (costs that do not grow with the tasks run)
+        "bytes_per_task_marginal": round((own(rows[-2]) - own(rows[2])) / max(args.n - args.n // 4, 1), 1),
         "after_ttl_vs_baseline_pct": round(100 * (after - base) / base, 1),
+        "after_ttl_vs_idle_pct": round(100 * (after - idle) / idle, 1),
         "left_in_keys_bytes": left,
         # what the hive's data adds once the results expired: used_memory less the server's own growth
         "after_ttl_data_vs_baseline_pct": round(100 * (own(rows[-1]) - own(rows[0])) / base, 1),
+        "after_ttl_data_vs_idle_pct": round(100 * (own(rows[-1]) - own(rows[1])) / idle, 1),
     }
-    log(f"per finished task kept: {summary['bytes_per_finished_task']} B (per record held, expired ones not yet "
-        f"reclaimed included: {summary['bytes_per_record_held']} B); after the TTL: "
-        f"{summary['after_ttl_vs_baseline_pct']:+.1f} % of the baseline, "
-        f"{summary['after_ttl_data_vs_baseline_pct']:+.1f} % without client buffers, the script cache and the "
-        "keyspace tables")
+    if args.collect:
+        log(f"per task, its result collected and forgotten: {summary['bytes_per_task_marginal']} B from the first "
+            f"mark to the last ({summary['bytes_per_task_over_idle']} B over the idle hive, fixed costs included; "
+            f"{rows[-2]['records_kept']:,} records kept)")
+    else:
+        log(f"per finished task kept: {summary['bytes_per_finished_task']} B (per record held, expired ones not "
+            f"yet reclaimed included: {summary['bytes_per_record_held']} B)")
+    log(f"after the TTL: {summary['after_ttl_vs_idle_pct']:+.1f} % of the idle hive "
+        f"({summary['after_ttl_data_vs_idle_pct']:+.1f} % without client buffers, the script cache and the "
+        f"keyspace tables), {summary['after_ttl_vs_baseline_pct']:+.1f} % of the empty server")
     return summary
 
 
@@ -137,6 +169,8 @@ def main() -> None:
     parser.add_argument("--broker", choices=["streams", "arq"], default=None)
     parser.add_argument("--expire-effort", type=int, choices=range(1, 11), default=None, metavar="1-10",
                         help="the server's active-expire-effort (Redis's default: 1)")
+    parser.add_argument("--collect", action="store_true",
+                        help="collect each batch's results with forget=True (Hive.map), as a client that keeps none")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     summary = on_private_redis(lambda url, folder: measure(args, url, folder), "memory")

@@ -7,6 +7,7 @@ from types import ModuleType
 from typing import Any, overload
 
 from .broker import MessageBroker, TaskSpec
+from .broker.base import FORGET_CHUNK
 from .config import HiveConfig
 from .errors import InvalidTask, TaskFailed, WaitTimeout
 from .jobs import ItemOutcome, ItemProgress, MapJob
@@ -89,12 +90,25 @@ class Hive:
         """The task once it is final (completed, failed or cancelled)."""
         return await self.broker.wait_for_task(task_id, timeout)
 
-    async def result(self, task_id: str, timeout: float | None = None) -> Any:
-        """The task's result; raises :class:`TaskFailed` if it failed or was cancelled."""
+    async def result(self, task_id: str, timeout: float | None = None, *, forget: bool = False) -> Any:
+        """The task's result; raises :class:`TaskFailed` if it failed or was cancelled.
+
+        ``forget=True`` deletes the completed task's record once its result is read (:meth:`forget`).
+        """
         message = await self.wait(task_id, timeout)
         if message.status != TaskStatus.COMPLETED:
             raise TaskFailed(task_id, message.status.value, message.error)
+        if forget:
+            await self.broker.forget_tasks([task_id])
         return message.result
+
+    async def forget(self, *task_ids: str) -> int:
+        """Delete completed tasks' records now rather than after ``HIVE_RESULT_TTL``; how many went.
+
+        For results already collected: what a finished task keeps in Redis goes at once. Failed and
+        cancelled tasks (the dead letters), unfinished ones and ones other tasks depend on are kept.
+        """
+        return await self.broker.forget_tasks(task_ids)
 
     async def run(
         self, task_type: str, payload: dict[str, Any] | None = None, *, timeout: float | None = None, **options: Any
@@ -110,6 +124,7 @@ class Hive:
         timeout: float | None = None,
         chunk_size: int = 1,
         return_exceptions: bool = False,
+        forget: bool = False,
         **options: Any,
     ) -> list[Any]:
         """Run ``task_type`` once per item and return the results in input order.
@@ -120,6 +135,7 @@ class Hive:
         Items unfinished after ``timeout`` seconds raise :class:`WaitTimeout` (their tasks go on). ``options``
         apply to every item's task: ``priority``, ``requirements``... and ``delay=`` / ``eta=`` as for
         :meth:`submit` (every item scheduled for the same moment; ``timeout`` counts the wait too).
+        ``forget=True`` deletes the completed items' task records once their results are collected.
         """
         job = MapJob(self.broker, task_type, list(items), chunk_size=chunk_size, **options)
         await job.submit()
@@ -130,6 +146,8 @@ class Hive:
             raise WaitTimeout(
                 f"{len(missing)} of {len(job.items)} items unfinished after {timeout}s (job {job.job_id})"
             )
+        if forget:
+            await self.broker.forget_tasks(job.task_ids)
         results: list[Any] = []
         for outcome in job.ordered():
             if outcome.ok:
@@ -144,29 +162,38 @@ class Hive:
     @overload
     def map_stream(
         self, task_type: str, items: Iterable[Any], *, timeout: float | None = None, chunk_size: int = 1,
-        progress: None = None, **options: Any,
+        progress: None = None, forget: bool = False, **options: Any,
     ) -> AsyncIterator[ItemOutcome]: ...
 
     @overload
     def map_stream(
         self, task_type: str, items: Iterable[Any], *, timeout: float | None = None, chunk_size: int = 1,
-        progress: float, **options: Any,
+        progress: float, forget: bool = False, **options: Any,
     ) -> AsyncIterator[ItemOutcome | ItemProgress]: ...
 
     async def map_stream(
         self, task_type: str, items: Iterable[Any], *, timeout: float | None = None, chunk_size: int = 1,
-        progress: float | None = None, **options: Any,
+        progress: float | None = None, forget: bool = False, **options: Any,
     ) -> AsyncIterator[ItemOutcome | ItemProgress]:
         """Yield each item's :class:`ItemOutcome` (index, result or error) once, as soon as it finishes.
 
         With ``progress=SECONDS`` it also yields an :class:`ItemProgress` whenever an unfinished task's
-        reported progress (``context.progress``) changed, looked up that often.
+        reported progress (``context.progress``) changed, looked up that often. ``forget=True`` deletes the
+        completed items' task records once yielded (in chunks, and the rest when the stream ends).
         """
         job = MapJob(self.broker, task_type, list(items), chunk_size=chunk_size, **options)
         await job.submit()
         stream = job.stream(timeout) if progress is None else job.stream_with_progress(progress, timeout)
+        collected: dict[str, None] = {}
         async for event in stream:
             yield event
+            if forget and isinstance(event, ItemOutcome) and event.ok:
+                collected[event.task_id] = None
+                if len(collected) >= FORGET_CHUNK:
+                    await self.broker.forget_tasks(list(collected))
+                    collected.clear()
+        if collected:
+            await self.broker.forget_tasks(list(collected))
 
     async def cancel(self, task_id: str) -> bool:
         return await self.broker.cancel_task(task_id)

@@ -44,14 +44,16 @@ class ParallelSkill:
         *,
         chunk_size: int = 1,
         cancel_on_timeout: bool = False,
+        forget: bool = False,
     ) -> str:
         """MAP items to tasks, DISTRIBUTE them, WAIT up to ``wait_timeout`` s, REDUCE: a JSON report.
 
         ``items`` is a JSON array (string) or a list. Results come back in input order; on timeout the
-        unfinished items are reported as pending (and cancelled when ``cancel_on_timeout``).
+        unfinished items are reported as pending (and cancelled when ``cancel_on_timeout``). ``forget=True``
+        deletes the completed items' task records once the report holds their results.
         """
         return await self._run(task_description, items, "items", priority, wait_timeout, task_type, reducer,
-                               chunk_size, cancel_on_timeout)
+                               chunk_size, cancel_on_timeout, forget)
 
     async def parallel_execute(
         self,
@@ -66,7 +68,7 @@ class ParallelSkill:
     ) -> str:
         """Run independent subtasks in parallel: the same JSON report as :meth:`map_reduce`, in subtask order."""
         return await self._run(task_description, subtasks, "subtasks", priority, wait_timeout, task_type, reducer,
-                               1, cancel_on_timeout)
+                               1, cancel_on_timeout, False)
 
     async def get_task_status(self, task_id: str) -> str:
         """One task as JSON (``{"error": ...}`` when unknown)."""
@@ -90,6 +92,7 @@ class ParallelSkill:
         reducer: str | None,
         chunk_size: int,
         cancel_on_timeout: bool,
+        forget: bool,
     ) -> str:
         try:
             items = parse_items(raw_items, label)
@@ -109,6 +112,8 @@ class ParallelSkill:
                 reduced = kernel.reduce(name, [o.result for o in outcomes if o.ok])
             except Exception as exc:  # the items ran: report them along with why they could not be reduced
                 reduced, reduce_error = None, json.loads(_error(exc))
+            if forget:
+                await broker.forget_tasks(job.task_ids)
             return json.dumps(
                 {
                     "summary": summarize(outcomes, time.monotonic() - job.started),

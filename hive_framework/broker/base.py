@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _FAILED_STATES = (TaskStatus.FAILED, TaskStatus.CANCELLED)
+#: Tasks :meth:`MessageBroker.forget_tasks` checks and deletes in one script call.
+FORGET_CHUNK = 500
 
 
 class MessageBroker(ClusterMixin, RecoveryMixin):
@@ -613,6 +615,46 @@ return held
         message.error = message.error or "cancelled"
         await self.save_task(message)
         return True
+
+    async def forget_tasks(self, task_ids: Sequence[str]) -> int:
+        """Delete completed tasks' records once their results were collected; how many went.
+
+        What else a task keeps goes with its record (progress, ``done`` list, its entry in the completed
+        index). Any other task is kept as it is: a live one, a failed or cancelled one (a dead letter for
+        ``hive dead``), and one that other tasks depend on (they read its result when they run). Checked in
+        one script per chunk, so a record that changed since the caller read it is never deleted by mistake.
+        """
+        gone = 0
+        keys = self.keys
+        for start in range(0, len(task_ids), FORGET_CHUNK):
+            chunk = task_ids[start:start + FORGET_CHUNK]
+            per_task = [(keys.task(t), keys.dependents(t), keys.progress(t), keys.done(t)) for t in chunk]
+            gone += int(await self._forget_script(
+                keys=[keys.status_index(TaskStatus.COMPLETED), *(k for group in per_task for k in group)],
+                args=[TaskStatus.COMPLETED.value, *chunk],
+            ))
+        return gone
+
+    @functools.cached_property
+    def _forget_script(self) -> Any:
+        # KEYS[1] the completed index, then per task: record, dependents set, progress, done list; ARGV[1] the
+        # completed status, then the task ids. A record of another type or that does not decode stays.
+        return self.redis.register_script("""
+local gone = 0
+for i = 2, #ARGV do
+  local base = 4 * (i - 2) + 1
+  local raw = redis.pcall('GET', KEYS[base + 1])
+  if type(raw) == 'string' and redis.call('EXISTS', KEYS[base + 2]) == 0 then
+    local ok, rec = pcall(cjson.decode, raw)
+    if ok and type(rec) == 'table' and rec['status'] == ARGV[1] then
+      redis.call('DEL', KEYS[base + 1], KEYS[base + 3], KEYS[base + 4])
+      redis.call('ZREM', KEYS[1], ARGV[i])
+      gone = gone + 1
+    end
+  end
+end
+return gone
+""")
 
     async def retry_task(self, task_id: str) -> bool:
         """Run a task again from scratch under a fresh engine job id (an engine never drops it as a duplicate)."""

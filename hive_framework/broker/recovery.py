@@ -218,29 +218,34 @@ class RecoveryMixin:
         now = time.time() if now is None else now
         counts = {"placed": 0, "expired": 0, "rerouted": 0}
         nodes = await self.get_nodes()
-        parked = await read_or_empty(self.redis.zrange(self.keys.unrouted, 0, -1, withscores=True), [],
-                                     self.keys.unrouted)
-        for raw_id, since in parked:
-            task_id = text(raw_id)
-            message = await self.get_task_status(task_id)
-            if message is None or message.status != TaskStatus.WAITING:
-                await self.redis.zrem(self.keys.unrouted, task_id)
-                continue
-            target = self.kernel.route(message, nodes)
-            expired = now - since > message.timeout
-            if target is None and not expired:
-                continue
-            if not await self.redis.zrem(self.keys.unrouted, task_id):
-                continue  # another nexus took it
-            if target is None:
-                message.status = TaskStatus.FAILED
-                message.completed_at = utcnow()
-                message.error = f"no online node met {message.requirements} within {message.timeout:g}s"
-                await self.save_task(message)
-                counts["expired"] += 1
-            else:
-                await self.dispatch(message, node=target)
-                counts["placed"] += 1
+        parked = [(text(raw_id), since) for raw_id, since in await read_or_empty(
+            self.redis.zrange(self.keys.unrouted, 0, -1, withscores=True), [], self.keys.unrouted)]
+        for start in range(0, len(parked), UNSERVED_CHUNK):
+            chunk = parked[start : start + UNSERVED_CHUNK]
+            # one read for the chunk; the ones that stopped waiting (or are gone) are forgotten in one write
+            messages = await self.get_tasks([task_id for task_id, _ in chunk])
+            gone = [task_id for (task_id, _), message in zip(chunk, messages, strict=True)
+                    if message is None or message.status != TaskStatus.WAITING]
+            if gone:
+                await self.redis.zrem(self.keys.unrouted, *gone)
+            for (task_id, since), message in zip(chunk, messages, strict=True):
+                if message is None or message.status != TaskStatus.WAITING:
+                    continue
+                target = self.kernel.route(message, nodes)
+                expired = now - since > message.timeout
+                if target is None and not expired:
+                    continue
+                if not await self.redis.zrem(self.keys.unrouted, task_id):
+                    continue  # another nexus took it
+                if target is None:
+                    message.status = TaskStatus.FAILED
+                    message.completed_at = utcnow()
+                    message.error = f"no online node met {message.requirements} within {message.timeout:g}s"
+                    await self.save_task(message)
+                    counts["expired"] += 1
+                else:
+                    await self.dispatch(message, node=target)
+                    counts["placed"] += 1
         counts["expired"] += await self._expire_unserved(nodes, now)
         online = {n.node_id for n in nodes}
         known = set(texts(await read_or_empty(self.redis.hkeys(self.keys.node_infos), [], self.keys.node_infos)))
