@@ -87,6 +87,7 @@ async def measure(args: argparse.Namespace, redis_url: str, log_dir: Path) -> di
             spores.check_alive()
             await asyncio.sleep(0.2)
         rows.append(await sample("idle hive"))
+        idle_keys = await left_over()
         marks = [args.n // 4, args.n // 2, args.n]
         pushed = 0
         started = time.perf_counter()
@@ -144,6 +145,11 @@ async def measure(args: argparse.Namespace, redis_url: str, log_dir: Path) -> di
         "after_ttl_vs_baseline_pct": round(100 * (after - base) / base, 1),
         "after_ttl_vs_idle_pct": round(100 * (after - idle) / idle, 1),
         "left_in_keys_bytes": left,
+        # the hive's own keys (MEMORY USAGE summed) after the TTL against the idle hive's: whether the tasks left
+        # anything behind, apart from the server's own allocations that no key holds
+        "idle_keys_bytes": sum(idle_keys.values()),
+        "after_ttl_keys_vs_idle_pct": round(100 * (sum(left.values()) - sum(idle_keys.values()))
+                                            / max(sum(idle_keys.values()), 1), 1),
         # what the hive's data adds once the results expired: used_memory less the server's own growth
         "after_ttl_data_vs_baseline_pct": round(100 * (own(rows[-1]) - own(rows[0])) / base, 1),
         "after_ttl_data_vs_idle_pct": round(100 * (own(rows[-1]) - own(rows[1])) / idle, 1),
@@ -155,7 +161,9 @@ async def measure(args: argparse.Namespace, redis_url: str, log_dir: Path) -> di
     else:
         log(f"per finished task kept: {summary['bytes_per_finished_task']} B (per record held, expired ones not "
             f"yet reclaimed included: {summary['bytes_per_record_held']} B)")
-    log(f"after the TTL: {summary['after_ttl_vs_idle_pct']:+.1f} % of the idle hive "
+    log(f"after the TTL: the hive's keys {sum(left.values()) / 2**10:.1f} KiB against the idle hive's "
+        f"{summary['idle_keys_bytes'] / 2**10:.1f} KiB ({summary['after_ttl_keys_vs_idle_pct']:+.1f} %); "
+        f"used_memory {summary['after_ttl_vs_idle_pct']:+.1f} % of the idle hive "
         f"({summary['after_ttl_data_vs_idle_pct']:+.1f} % without client buffers, the script cache and the "
         f"keyspace tables), {summary['after_ttl_vs_baseline_pct']:+.1f} % of the empty server")
     return summary
