@@ -265,7 +265,8 @@ def task_cmd(state: CliState, task_id: str) -> None:
         async with MessageBroker(state.kernel()) as broker:
             message = await broker.get_task_with_progress(task_id)
         if message is None:
-            raise click.ClickException(f"no task with id {task_id!r} (unknown, or expired after HIVE_RESULT_TTL)")
+            raise click.ClickException(
+                f"no task with id {task_id!r} (unknown, expired after HIVE_RESULT_TTL, or forgotten)")
         echo_json(wire.to_plain(message))
 
     asyncio.run(go())

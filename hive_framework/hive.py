@@ -83,7 +83,7 @@ class Hive:
         """
         message = await self.broker.get_task_with_progress(task_id)
         if message is None:
-            raise InvalidTask(f"no task with id {task_id!r} (unknown, or expired after HIVE_RESULT_TTL)")
+            raise InvalidTask(f"no task with id {task_id!r} (unknown, expired after HIVE_RESULT_TTL, or forgotten)")
         return message.progress
 
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskMessage:

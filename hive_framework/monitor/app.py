@@ -178,7 +178,7 @@ def create_app(monitor: Monitor, *, allowed_hosts: set[str] | None = None) -> AS
         task_id = request.path_params["task_id"]
         found = await monitor.task(task_id)
         if found is None:
-            return _error(404, f"no task with id {task_id!r} (unknown, or expired after HIVE_RESULT_TTL)")
+            return _error(404, f"no task with id {task_id!r} (unknown, expired after HIVE_RESULT_TTL, or forgotten)")
         return JSONResponse(found)
 
     async def jobs(request: Request) -> Response:
