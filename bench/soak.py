@@ -108,7 +108,8 @@ async def soak(args: argparse.Namespace, redis_url: str, log_dir: Path) -> dict[
         row = {
             "t_s": round(time.monotonic() - started), "used_memory": int(info["used_memory"]),
             "keys": int(await redis.dbsize()), "dead_letters": int(await redis.zcard(keys.dead_letters)),
-            # tasks finished within the result TTL (the records kept), from the bucketed counts
+            # tasks finished within the result TTL (the records kept), from the bucketed counts (the key keeps the
+            # name of the index these counts replaced, so older result files compare)
             "finished_index": sum(count for status, count in (await finished_counts(
                 redis, keys, config.result_ttl)).items() if status in finals),
             "consumers": await consumers(redis, config.key_prefix),
@@ -117,7 +118,7 @@ async def soak(args: argparse.Namespace, redis_url: str, log_dir: Path) -> dict[
         }
         rows.append(row)
         log(f"t={row['t_s']:>5}s used_memory {row['used_memory'] / 2**20:7.2f} MiB, keys {row['keys']:>7,}, "
-            f"dead {row['dead_letters']:>5,}, finished index {row['finished_index']:>7,}, "
+            f"dead {row['dead_letters']:>5,}, finished in the TTL {row['finished_index']:>7,}, "
             f"consumers {row['consumers']}, nodes {row['nodes']}, ran {row['ran']:,}")
 
     fleet = Fleet(spore_env(config, ns.counter), log_dir, concurrency=50)
