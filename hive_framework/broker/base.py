@@ -621,8 +621,8 @@ return held
 
         What else a task keeps goes with its record (progress, ``done`` list, its entry in the completed
         index). Any other task is kept as it is: a live one, a failed or cancelled one (a dead letter for
-        ``hive dead``), and one that other tasks depend on (they read its result when they run). Checked in
-        one script per chunk, so a record that changed since the caller read it is never deleted by mistake.
+        ``hive dead``), and one that other tasks depend on (they read its result when they run). The script
+        that deletes (one per chunk) checks each record itself, so only one that is completed then goes.
         """
         gone = 0
         keys = self.keys
