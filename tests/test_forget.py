@@ -84,6 +84,15 @@ async def test_a_failed_result_is_kept_when_read_with_forget(hive: Hive, spore_p
     assert await kept(hive, failed) == [True]
 
 
+async def test_a_forgotten_task_keeps_its_idempotency_key(hive: Hive, spore_processes: Any) -> None:
+    spore_processes("keyed", apps=(BASIC,))
+    first = await hive.submit("echo", {"n": 1}, key="invoice-42")
+    await hive.result(first, timeout=60, forget=True)
+    # the key still stands for the task that ran: nothing new is enqueued, and the record stays gone
+    assert await hive.submit("echo", {"n": 1}, key="invoice-42") == first
+    assert await hive.status(first) is None
+
+
 @pytest.mark.parametrize("server", ["redis", "fakeredis"])
 @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=st.one_of(st.binary(max_size=200), st.sampled_from([b"{}", b"[]", b'{"status": 1}',
