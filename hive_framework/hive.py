@@ -111,10 +111,11 @@ class Hive:
         return await self.broker.forget_tasks(task_ids)
 
     async def run(
-        self, task_type: str, payload: dict[str, Any] | None = None, *, timeout: float | None = None, **options: Any
+        self, task_type: str, payload: dict[str, Any] | None = None, *, timeout: float | None = None,
+        forget: bool = False, **options: Any,
     ) -> Any:
-        """Submit and wait for the result in one call."""
-        return await self.result(await self.submit(task_type, payload, **options), timeout)
+        """Submit and wait for the result in one call (``forget=True``: as :meth:`result`)."""
+        return await self.result(await self.submit(task_type, payload, **options), timeout, forget=forget)
 
     async def map(
         self,

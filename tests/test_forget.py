@@ -45,9 +45,10 @@ async def test_collected_results_are_forgotten_and_nothing_else(hive: Hive, spor
     for task_id in (failed, parent, child):
         await hive.wait(task_id, timeout=60)
 
-    # When one result is read with forget=True
+    # When one result is read with forget=True (and another run with it)
     one = await hive.submit("echo", {"n": 2})
     assert (await hive.result(one, timeout=60, forget=True))["payload"] == {"n": 2}
+    assert (await hive.run("echo", {"n": 3}, timeout=60, forget=True))["payload"] == {"n": 3}
 
     # Then its record, progress and completed-index entry are gone and it reads as unknown
     redis, keys = hive.broker.redis, hive.broker.keys
