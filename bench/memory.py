@@ -11,8 +11,10 @@ server, once the spores are up (the idle hive), at 25 %, 50 %, 100 % of the task
 empty server) / the finished tasks still kept then (all N when the run is shorter than the TTL; with a
 shorter TTL the oldest have expired and the figure is of the steady window); "after TTL" is compared with
 the idle hive. ``--collect`` submits each batch as a map whose results are collected with ``forget=True``
-(8 batches in flight): the figure per task is then (memory at 100 % - the idle hive) / N, what a task costs
-once its result is collected (run it with a TTL longer than the run). ``--expire-effort`` sets the
+(8 batches in flight): the figure per task is then what each task added between the 25 % and the 100 %
+marks, less the connections' buffers, the script cache and the keyspace tables (and, beside it, (memory at
+100 % - the idle hive) / N), what a task costs once its result is collected (run it with a TTL longer than
+the run). ``--expire-effort`` sets the
 server's ``active-expire-effort`` (1, Redis's default, to 10): how hard its expiry cycle works to reclaim
 expired keys no client reads. Nothing is asserted: it prints figures.
 """
