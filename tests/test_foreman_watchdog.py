@@ -158,6 +158,33 @@ async def test_a_parked_task_is_placed_when_a_fitting_node_appears_or_fails_afte
     await hive.cancel(patient)
 
 
+async def test_a_balancer_failing_on_one_parked_task_leaves_it_parked_and_places_the_others(
+    hive: Hive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given two parked GPU tasks, then a GPU node, and a balancer that fails on one of them
+    await beat(hive, "cpu-only", gpu=False)
+    broken = await hive.submit("echo", {"n": 1}, requirements={"gpu": True}, timeout=30)
+    fine = await hive.submit("echo", {"n": 2}, requirements={"gpu": True}, timeout=30)
+    await beat(hive, "gpu-box", gpu=True)
+    route = hive.broker.kernel.route
+
+    def flaky_route(task: TaskMessage, nodes: Any) -> str | None:
+        if task.task_id == broken:
+            raise RuntimeError("the balancer fails on this task")
+        return route(task, nodes)
+
+    monkeypatch.setattr(hive.broker.kernel, "route", flaky_route)
+    # When the watchdog sweeps
+    counts = await hive.broker.reroute_stranded()
+    # Then the other task is placed, and the one the balancer failed on still waits, parked
+    assert counts == {"placed": 1, "expired": 0, "rerouted": 0}
+    assert (await hive.status(fine)).assigned_node == "gpu-box"
+    assert (await hive.status(broken)).status == TaskStatus.WAITING
+    assert await hive.broker.redis.zscore(hive.broker.keys.unrouted, broken) is not None
+    await hive.cancel(fine)
+    await hive.cancel(broken)
+
+
 @pytest.mark.parametrize(
     ("how", "explicit_id"), [("crashed", None), ("stopped cleanly", None), ("crashed", "batch.7.item")]
 )

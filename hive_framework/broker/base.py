@@ -28,7 +28,7 @@ from ..embedded import unreachable
 from ..errors import BrokerNotConnected, InvalidTask, WaitTimeout, WireError
 from ..keys import read_task
 from ..models import NodeInfo, TaskMessage, TaskProgress, TaskStatus, utcnow
-from ..redisutil import awaited, raise_if_cancelling, text, texts
+from ..redisutil import another_type, awaited, raise_if_cancelling, text, texts
 from .batch import Batches
 from .cluster import ClusterMixin
 from .engine import Delivery, Engine, Guard, Previous
@@ -554,7 +554,7 @@ return held
             try:
                 await self.redis.execute_command("BLMOVE", done_key, done_key, "LEFT", "LEFT", wait)
             except RedisResponseError as exc:
-                if "WRONGTYPE" not in str(exc):
+                if not another_type(exc):
                     raise
                 # Not a list (planted, or a bug): it only ever wakes waiters, so it goes, and the record is
                 # read again at once (a save that pushed meanwhile is seen there).

@@ -5,6 +5,7 @@ Each change is a compare-and-set on the task record, so two nexus processes neve
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Sequence
@@ -27,7 +28,10 @@ if TYPE_CHECKING:
     from .engine import Engine, Previous
 
 
-#: Tasks waiting for a spore of their type read per round trip by the watchdog's sweep.
+logger = logging.getLogger(__name__)
+
+#: Waiting tasks the watchdog's sweeps read per round trip (those waiting for a spore of their type, and those
+#: parked for a node that meets their requirements).
 UNSERVED_CHUNK = 500
 
 
@@ -224,27 +228,32 @@ class RecoveryMixin:
             chunk = parked[start : start + UNSERVED_CHUNK]
             # one read for the chunk; the ones that stopped waiting (or are gone) are forgotten in one write
             messages = await self.get_tasks([task_id for task_id, _ in chunk])
-            gone = [task_id for (task_id, _), message in zip(chunk, messages, strict=True)
-                    if message is None or message.status != TaskStatus.WAITING]
-            if gone:
-                await self.redis.zrem(self.keys.unrouted, *gone)
-            for (task_id, since), message in zip(chunk, messages, strict=True):
-                if message is None or message.status != TaskStatus.WAITING:
+            waiting = [(task_id, since, task) for (task_id, since), task in zip(chunk, messages, strict=True)
+                       if task is not None and task.status == TaskStatus.WAITING]
+            if len(waiting) < len(chunk):
+                still = {task_id for task_id, _, _ in waiting}
+                await self.redis.zrem(self.keys.unrouted, *(t for t, _ in chunk if t not in still))
+            for task_id, since, task in waiting:
+                try:
+                    target = self.kernel.route(task, nodes)
+                except Exception:
+                    # A balancer that fails on one task (it answers an enqueue with the same error) leaves that
+                    # task parked; the others are still placed.
+                    logger.exception("task %s stays parked: the balancer failed on it", task_id)
                     continue
-                target = self.kernel.route(message, nodes)
-                expired = now - since > message.timeout
+                expired = now - since > task.timeout
                 if target is None and not expired:
                     continue
                 if not await self.redis.zrem(self.keys.unrouted, task_id):
                     continue  # another nexus took it
                 if target is None:
-                    message.status = TaskStatus.FAILED
-                    message.completed_at = utcnow()
-                    message.error = f"no online node met {message.requirements} within {message.timeout:g}s"
-                    await self.save_task(message)
+                    task.status = TaskStatus.FAILED
+                    task.completed_at = utcnow()
+                    task.error = f"no online node met {task.requirements} within {task.timeout:g}s"
+                    await self.save_task(task)
                     counts["expired"] += 1
                 else:
-                    await self.dispatch(message, node=target)
+                    await self.dispatch(task, node=target)
                     counts["placed"] += 1
         counts["expired"] += await self._expire_unserved(nodes, now)
         online = {n.node_id for n in nodes}
