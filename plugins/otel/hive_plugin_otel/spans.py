@@ -12,7 +12,9 @@ import asyncio
 import contextvars
 import functools
 import logging
+import os
 from collections import OrderedDict
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,6 +36,10 @@ SCOPE = "hive_plugin_otel"
 SYSTEM = "hive"
 #: Most attempts kept open at once in one process; past it the oldest is closed as ``abandoned``.
 MAX_OPEN_ATTEMPTS = 10_000
+#: Where a spore records a task's queue wait: ``span`` (its own span, the default) or ``attribute``
+#: (``hive.queue_wait_s`` on the first run span: one span fewer per task, about half the plugin's cost).
+QUEUE_WAIT_ENV = "OTEL_PYTHON_HIVE_QUEUE_WAIT"
+QUEUE_WAIT_MODES = ("span", "attribute")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -51,6 +57,17 @@ def to_ns(moment: datetime) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
+def queue_wait_mode(environ: Mapping[str, str] = os.environ) -> str:
+    """The queue-wait mode :data:`QUEUE_WAIT_ENV` asks for; ``span`` (with a warning naming the value) when it
+    names no mode."""
+    value = environ.get(QUEUE_WAIT_ENV, "").strip().lower() or "span"
+    if value not in QUEUE_WAIT_MODES:
+        logger.warning("%s=%r is not one of %s; recording queue waits as spans", QUEUE_WAIT_ENV,
+                       environ[QUEUE_WAIT_ENV], ", ".join(QUEUE_WAIT_MODES))
+        return "span"
+    return value
 
 
 def task_attributes(task: TaskMessage) -> dict[str, AttributeValue]:
@@ -110,15 +127,17 @@ class OpenAttempt:
 class Attempts:
     """The run spans open in this process, by ``(task_id, attempt)``; at most ``limit`` of them."""
 
-    def __init__(self, limit: int = MAX_OPEN_ATTEMPTS) -> None:
+    def __init__(self, limit: int = MAX_OPEN_ATTEMPTS, queue_wait: str | None = None) -> None:
         self.limit = limit
+        #: ``span`` or ``attribute``: see :data:`QUEUE_WAIT_ENV` (read from it when not given).
+        self.queue_wait = queue_wait_mode() if queue_wait is None else queue_wait
         self._open: OrderedDict[tuple[str, int], OpenAttempt] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._open)
 
     def begin(self, task: TaskMessage, node_id: str) -> Span:
-        """Open the run span of this attempt (and, on the first, the queue-wait span); run the rest in its context.
+        """Open the run span of this attempt (and, on the first, record the queue wait); run the rest in its context.
 
         The context is attached in the caller's asyncio task, the one that then runs the handler, so spans the
         handler starts are children of the run span.
@@ -126,14 +145,22 @@ class Attempts:
         key = (task.task_id, task.attempt)
         parent = extract_context(task.headers)
         common = task_attributes(task)
-        if task.attempt <= 1:
-            trace_queue_wait(task, parent, common)
         attributes = common | {
             "messaging.operation.type": "process",
             "hive.attempt": task.attempt,
             "hive.max_retries": task.max_retries,
             "hive.node_id": node_id,
         }
+        if task.attempt <= 1:
+            if self.queue_wait == "span":
+                trace_queue_wait(task, parent, common)
+            else:
+                wait = queue_wait(task)
+                if wait is not None:
+                    start, end, skew = wait
+                    attributes["hive.queue_wait_s"] = (end - start) / 1e9
+                    if skew:
+                        attributes["hive.clock_skew_s"] = skew
         span = tracer().start_span(f"hive run {task.task_type}", context=parent, kind=SpanKind.CONSUMER,
                                    attributes=attributes)
         owner = _current_task()
@@ -158,7 +185,8 @@ class Attempts:
         opened = self._open.pop((task.task_id, task.attempt), None)
         if opened is None:
             return None
-        opened.span.set_attributes(attributes)
+        if attributes:
+            opened.span.set_attributes(attributes)
         _close(opened.span, outcome, error)
         if opened.token is not None and opened.owner is not None and opened.owner is _current_task():
             # Same asyncio task as before_task, so the same contextvars Context: the token resets cleanly.
@@ -177,19 +205,31 @@ def trace_queue_wait(task: TaskMessage, parent: Context, common: dict[str, Attri
     """Record ``hive queue wait <type>`` from enqueue (or the eta of a delayed task) to the first start.
 
     ``common``: the task's :func:`task_attributes` when the caller has them already."""
-    if task.started_at is None:
+    wait = queue_wait(task)
+    if wait is None:
         return
+    start, end, skew = wait
+    attributes = dict(common) if common is not None else task_attributes(task)
+    if skew:
+        attributes["hive.clock_skew_s"] = skew
+    span = tracer().start_span(f"hive queue wait {task.task_type}", context=parent, kind=SpanKind.INTERNAL,
+                               attributes=attributes, start_time=start)
+    span.end(end_time=end)
+
+
+def queue_wait(task: TaskMessage) -> tuple[int, int, float] | None:
+    """The first wait of ``task`` as (start, end) in epoch nanoseconds and the clock skew in seconds: from enqueue
+    (or the eta of a delayed task) to the first start. A spore whose clock is behind the enqueuing host's gets an
+    empty wait and the skew, never a negative wait. ``None`` before it started."""
+    if task.started_at is None:
+        return None
     begin = task.created_at
     if task.eta is not None and task.eta > begin:
         begin = task.eta
     start, end = to_ns(begin), to_ns(task.started_at)
-    attributes = dict(common) if common is not None else task_attributes(task)
-    if end < start:  # the enqueuing host's clock is ahead of this one's
-        attributes["hive.clock_skew_s"] = (start - end) / 1e9
-        end = start
-    span = tracer().start_span(f"hive queue wait {task.task_type}", context=parent, kind=SpanKind.INTERNAL,
-                               attributes=attributes, start_time=start)
-    span.end(end_time=end)
+    if end < start:
+        return start, start, (start - end) / 1e9
+    return start, end, 0.0
 
 
 def trace_failure_without_run(task: TaskMessage, node_id: str, error: str) -> Span:

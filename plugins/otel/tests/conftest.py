@@ -47,12 +47,14 @@ def hive_config(hive_config: HiveConfig) -> HiveConfig:
 
 
 @pytest.fixture
-def traced_spore(spore_processes: Any, hive: Hive, tmp_path: Path) -> Callable[[], Awaitable[Path]]:
-    """``path = await traced_spore()``: one spore process running the test app, online, exporting spans to ``path``."""
+def traced_spore(spore_processes: Any, hive: Hive, tmp_path: Path) -> Callable[..., Awaitable[Path]]:
+    """``path = await traced_spore()``: one spore process running the test app, online, exporting spans to ``path``
+    (``env``: more of the spore's environment)."""
 
-    async def start() -> Path:
+    async def start(env: dict[str, str] | None = None) -> Path:
         path = tmp_path / "spore-spans.jsonl"
-        spore = spore_processes("otel-spore", extra_env={"PYTHONPATH": str(TESTS_DIR), SPANS_ENV: str(path)})
+        spore = spore_processes("otel-spore",
+                                extra_env={"PYTHONPATH": str(TESTS_DIR), SPANS_ENV: str(path), **(env or {})})
 
         async def online() -> bool:
             if spore.proc.poll() is not None:

@@ -10,12 +10,15 @@ import pytest
 from hive_framework import Kernel, TaskMessage, TaskStatus
 from hive_framework.models import utcnow
 from hive_framework.testing import async_wait_until, fast_config
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from hive_plugin_otel import Attempts, attempts
+from hive_plugin_otel.spans import QUEUE_WAIT_ENV, QUEUE_WAIT_MODES, queue_wait_mode
 
 NOWHERE = "redis://127.0.0.1:1/0"  # these kernels never connect
 tracer = trace.get_tracer("hive-plugin-otel tests")
@@ -128,6 +131,43 @@ async def test_a_delayed_task_waits_from_its_eta_and_a_skewed_clock_never_makes_
     assert waits["delayed"].end_time - waits["delayed"].start_time == 500_000_000  # type: ignore[operator]
     assert waits["skewed"].end_time == waits["skewed"].start_time
     assert waits["skewed"].attributes["hive.clock_skew_s"] == pytest.approx(3.0)  # type: ignore[index]
+
+
+async def test_the_queue_wait_as_an_attribute_is_on_the_first_run_span_and_no_wait_span_is_made(
+    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the plugin set to record queue waits as attributes (OTEL_PYTHON_HIVE_QUEUE_WAIT=attribute)
+    monkeypatch.setattr(attempts, "queue_wait", "attribute")
+    hive = kernel()
+    first, retried = message("first"), message("retried", attempt=2)
+    skewed = message("skewed")
+    skewed.created_at = skewed.started_at + timedelta(seconds=3)  # type: ignore[operator]
+    for task in (first, retried, skewed):
+        await asyncio.create_task(hive.run_lifecycle("before_task", task=task, node_id="n"))
+        await hive.run_lifecycle("after_task", task=task, result=None, node_id="n")
+
+    # Then no queue-wait span is made; the first attempt's run span carries the wait, a retry's none
+    assert named(spans, "hive queue wait resize") == []
+    runs = {s.attributes["hive.task_id"]: s.attributes for s in named(spans, "hive run resize")}  # type: ignore
+    assert runs["first"]["hive.queue_wait_s"] == pytest.approx(2.0)
+    assert "hive.clock_skew_s" not in runs["first"]
+    assert "hive.queue_wait_s" not in runs["retried"]
+    # and a spore whose clock is behind records an empty wait and the skew, never a negative wait
+    assert runs["skewed"]["hive.queue_wait_s"] == 0.0
+    assert runs["skewed"]["hive.clock_skew_s"] == pytest.approx(3.0)
+
+
+@given(st.text(max_size=20))
+def test_any_queue_wait_setting_gives_a_mode_and_one_naming_none_falls_back_to_spans(value: str) -> None:
+    mode = queue_wait_mode({QUEUE_WAIT_ENV: value})
+    assert mode in QUEUE_WAIT_MODES
+    assert mode == (value.strip().lower() if value.strip().lower() in QUEUE_WAIT_MODES else "span")
+
+
+def test_a_queue_wait_setting_naming_no_mode_is_named_in_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    assert queue_wait_mode({QUEUE_WAIT_ENV: "atribute"}) == "span"
+    assert f"{QUEUE_WAIT_ENV}='atribute' is not one of span, attribute" in caplog.text
+    assert queue_wait_mode({}) == "span" and queue_wait_mode({QUEUE_WAIT_ENV: " Attribute "}) == "attribute"
 
 
 async def test_a_retry_and_a_failure_are_errors_with_the_exception(spans: InMemorySpanExporter) -> None:

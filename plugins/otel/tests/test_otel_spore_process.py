@@ -10,7 +10,7 @@ from hive_framework import Hive, TaskFailed
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from hive_plugin_otel.spans import to_ns
+from hive_plugin_otel.spans import QUEUE_WAIT_ENV, to_ns
 
 from otel_helpers import of_task, wait_for_spans
 
@@ -126,3 +126,23 @@ async def test_a_retried_attempt_and_a_failure_are_errors_with_their_exceptions(
     assert failed["attributes"]["hive.outcome"] == "failed"
     assert [(e["name"], e["attributes"]["exception.type"], e["attributes"]["exception.message"])
             for e in failed["events"]] == [("exception", "ValueError", "boom")]
+
+
+async def test_a_spore_told_to_record_queue_waits_as_attributes_puts_the_wait_on_the_run_span(
+    hive: Hive, traced_spore: Any, spans: InMemorySpanExporter
+) -> None:
+    # Given a spore process started with OTEL_PYTHON_HIVE_QUEUE_WAIT=attribute
+    path = await traced_spore({QUEUE_WAIT_ENV: "attribute"})
+
+    # When a task runs on it
+    task_id = await hive.submit("otel.echo", {"text": "hi"})
+    await hive.result(task_id, timeout=30)
+    written = wait_for_spans(path, lambda s: bool(of_task(s, task_id, "hive run otel.echo")), what="the run span")
+
+    # Then its run span carries the wait, from the enqueue to the start, and no queue-wait span was made
+    [run] = of_task(written, task_id, "hive run otel.echo")
+    stored = await hive.status(task_id)
+    assert stored is not None and stored.started_at is not None
+    waited = (to_ns(stored.started_at) - to_ns(stored.created_at)) / 1e9
+    assert run["attributes"]["hive.queue_wait_s"] == pytest.approx(waited, abs=1e-6)
+    assert of_task(written, task_id, "hive queue wait otel.echo") == []
