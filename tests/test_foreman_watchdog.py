@@ -215,6 +215,37 @@ async def test_tasks_queued_for_a_lost_node_are_rerouted_to_a_fitting_one(
     await hive.cancel(task_id)
 
 
+async def test_the_queue_of_a_lost_node_is_read_in_one_round_trip_per_chunk(
+    hive: Hive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given eight GPU tasks (some ids with dots) routed to gpu-a's queue, and gpu-a lost with gpu-b online
+    await beat(hive, "gpu-a", gpu=True)
+    ids = [await hive.submit("echo", {}, requirements={"gpu": True}, task_id=f"lost.{i}" if i % 2 else None)
+           for i in range(8)]
+    await beat(hive, "gpu-a", online=False, gpu=True)
+    await beat(hive, "gpu-b", gpu=True)
+    reads: list[list[str]] = []
+    get_tasks = hive.broker.get_tasks
+
+    async def counted(task_ids: list[str], *args: Any, **kwargs: Any) -> Any:
+        reads.append(list(task_ids))
+        return await get_tasks(task_ids, *args, **kwargs)
+
+    monkeypatch.setattr(hive.broker, "get_tasks", counted)
+
+    # When the watchdog sweeps
+    counts = await hive.broker.reroute_stranded()
+
+    # Then every task moved to gpu-b, and their records were read together, not one round trip each
+    assert counts["rerouted"] == 8
+    assert [read for read in reads if set(ids) & set(read)] == [reads[-1]]
+    assert set(ids) <= set(reads[-1])
+    for task_id in ids:
+        moved = await hive.status(task_id)
+        assert (moved.status, moved.assigned_node) == (TaskStatus.PENDING, "gpu-b")
+        await hive.cancel(task_id)
+
+
 async def test_a_task_pinned_to_a_node_not_up_yet_stays_for_it(hive: Hive) -> None:
     # Given a task pinned to a node that has never beaten, and another node online
     await beat(hive, "elsewhere")

@@ -266,19 +266,23 @@ class RecoveryMixin:
         queued_for = {k[len(queue_prefix) :] for k in found}
         for node_id in (known | queued_for) - online:
             queue = self.engine.queue_for(0, node_id)
-            for job, handle in await self.engine.queued_jobs(queue):
-                # The job id is the task id, or the task id plus ".<suffix>" (task ids may contain dots).
-                candidates = [m for m in await self.get_tasks([job, job.rpartition(".")[0] or job])
-                              if m is not None and m.engine_job_id == job]
-                message = candidates[0] if candidates else None
-                if message is None or message.status not in (TaskStatus.PENDING, TaskStatus.RETRYING,
-                                                             TaskStatus.SCHEDULED):
-                    continue
-                if node_id not in known and not message.requirements:
-                    continue
-                if not await self.engine.unqueue(queue, job, handle):
-                    continue
-                message.engine_job_id = f"{message.task_id}.n{uuid.uuid4().hex[:8]}"
-                await self.dispatch(message)
-                counts["rerouted"] += 1
+            queued = await self.engine.queued_jobs(queue)
+            for start in range(0, len(queued), UNSERVED_CHUNK):
+                chunk = queued[start : start + UNSERVED_CHUNK]
+                # One read for the chunk. The job id is the task id, or the task id plus ".<suffix>" (task ids may
+                # contain dots): both are read, and the record whose engine job it is wins.
+                records = await self.get_tasks([i for job, _ in chunk for i in (job, job.rpartition(".")[0] or job)])
+                for index, (job, handle) in enumerate(chunk):
+                    message = next((m for m in records[2 * index : 2 * index + 2]
+                                    if m is not None and m.engine_job_id == job), None)
+                    if message is None or message.status not in (TaskStatus.PENDING, TaskStatus.RETRYING,
+                                                                 TaskStatus.SCHEDULED):
+                        continue
+                    if node_id not in known and not message.requirements:
+                        continue
+                    if not await self.engine.unqueue(queue, job, handle):
+                        continue
+                    message.engine_job_id = f"{message.task_id}.n{uuid.uuid4().hex[:8]}"
+                    await self.dispatch(message)
+                    counts["rerouted"] += 1
         return counts
