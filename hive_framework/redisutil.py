@@ -37,6 +37,26 @@ def or_empty(reply: Any, empty: T, key: str) -> Any:
     return reply
 
 
+def command_keys(pipe: Any) -> list[str]:
+    """The key each command queued on ``pipe`` works on, for messages (a script's keys, joined by ``, ``)."""
+    names = []
+    for args, options in pipe.command_stack:
+        keys = options.get("keys")
+        if not keys and str(args[0]).upper() in ("EVALSHA", "EVAL") and len(args) > 2:
+            keys = args[3 : 3 + int(args[2])]
+        if not keys:
+            keys = args[1:2] or [args[0]]
+        names.append(", ".join(text(k) for k in keys))
+    return names
+
+
+async def execute_or_empty(pipe: Any, empty: Any) -> list[Any]:
+    """Run ``pipe`` and read each reply as :func:`or_empty` does, its warning naming the command's key."""
+    names = command_keys(pipe)
+    replies = await pipe.execute(raise_on_error=False)
+    return [or_empty(reply, empty, name) for reply, name in zip(replies, names, strict=True)]
+
+
 async def read_or_empty(read: Awaitable[T] | T, empty: T, key: str) -> T:
     """The reply of one read, or ``empty`` when ``key`` holds another type (see :func:`or_empty`)."""
     try:

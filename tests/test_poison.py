@@ -28,6 +28,7 @@ from hive_framework.cli import cli
 from hive_framework.hive import Hive
 from hive_framework.monitor.collector import Monitor
 from hive_framework.nexus import Watchdog
+from hive_framework.redisutil import command_keys
 from hive_framework.spore import Spore
 
 from .integration_helpers import BASIC
@@ -161,7 +162,7 @@ def test_planted_garbage_in_every_key_type_stops_nothing(hive_config, data):
     asyncio.run(scenario())
 
 
-async def test_keys_of_another_type_where_readers_read_stop_no_sweep_snapshot_or_call(hive):
+async def test_keys_of_another_type_where_readers_read_stop_no_sweep_snapshot_or_call(hive, caplog):
     # Given a string (planted by hand, or left by a bug) at every index, set and hash the readers read
     keys, redis = hive.broker.keys, hive.broker.redis
     planted = [
@@ -187,6 +188,21 @@ async def test_keys_of_another_type_where_readers_read_stop_no_sweep_snapshot_or
     assert await hive.broker.dead_letters() == []
     assert await dead_records(redis, keys) == []
     assert await hive.broker.detect_zombie_tasks() == []
+    # and each warning names the key it read as empty, also where one round trip read many keys
+    for key in (keys.status_index(TaskStatus.RUNNING), keys.status_index(TaskStatus.COMPLETED), keys.jobs,
+                keys.dead_records_index, keys.dead_letters):
+        assert f"{key} holds another type than the hive keeps there" in caplog.text, key
+    assert " index holds another type" not in caplog.text
+
+
+def test_the_keys_of_a_pipeline_are_named_for_its_warnings() -> None:
+    # Given a pipeline (never sent) holding a plain command, a script over two keys and one that names no key
+    pipe = redis.asyncio.Redis().pipeline(transaction=False)
+    pipe.zcard("hive:status:running")
+    pipe.evalsha("0" * 40, 2, "hive:q:high", "hive:entries", "arg")
+    pipe.ping()
+    # Then each command's key is named: a script's keys all, a keyless command by its name
+    assert command_keys(pipe) == ["hive:status:running", "hive:q:high, hive:entries", "PING"]
 
 
 @pytest.mark.parametrize("server", ["redis", "fakeredis"])

@@ -14,7 +14,7 @@ from redis.asyncio.client import PubSub
 from .. import wire
 from ..errors import InvalidTask, WireError
 from ..models import BroadcastMessage, BroadcastReply, NodeInfo, TaskMessage, TaskStatus, utcnow
-from ..redisutil import or_empty, read_or_empty, text, texts
+from ..redisutil import execute_or_empty, read_or_empty, text, texts
 from .finished import finished_counts
 from .poison import dead_records, digest, quarantine
 
@@ -52,7 +52,7 @@ class ClusterMixin:
             self.engine.depth_ops(pipe)
             for status in live:
                 pipe.zcard(self.keys.status_index(status))
-            results = [or_empty(r, 0, "a queue or status index") for r in await pipe.execute(raise_on_error=False)]
+            results = await execute_or_empty(pipe, 0)
         depths = results[-(len(live) + 2) :]
         by_status = dict(zip(live, depths[2:], strict=True))
         by_status.update(await finished_counts(self.redis, self.keys, self.config.result_ttl))

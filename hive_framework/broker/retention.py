@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .. import wire
 from ..errors import WireError
 from ..models import NodeInfo, TaskStatus
-from ..redisutil import or_empty, read_or_empty
+from ..redisutil import execute_or_empty, read_or_empty
 
 if TYPE_CHECKING:
     from .base import MessageBroker
@@ -33,17 +33,15 @@ async def trim(broker: MessageBroker, *, now: float | None = None) -> dict[str, 
         pipe.zremrangebyscore(keys.dead_letters, "-inf", cutoff)
         pipe.zremrangebyscore(keys.jobs, "-inf", cutoff)
         pipe.zrangebyscore(keys.dead_records_index, "-inf", cutoff)
-        *trimmed, old = await pipe.execute(raise_on_error=False)
-    *indexes, dead, jobs = [or_empty(r, 0, "an index the watchdog trims") for r in trimmed]
-    old_records = or_empty(old, [], keys.dead_records_index)
+        *indexes, dead, jobs, old_records = await execute_or_empty(pipe, 0)
+    old_records = old_records or []
     counts = {"index_entries": sum(indexes), "dead_letters": dead, "jobs": jobs, "dead_records": len(old_records),
               "nodes": 0}
     if old_records:
         async with redis.pipeline(transaction=True) as pipe:
             pipe.hdel(keys.dead_records, *old_records)
             pipe.zrem(keys.dead_records_index, *old_records)
-            for reply in await pipe.execute(raise_on_error=False):
-                or_empty(reply, 0, keys.dead_records)
+            await execute_or_empty(pipe, 0)
     online = {n.node_id for n in await broker.get_nodes()}
     infos = await read_or_empty(redis.hgetall(keys.node_infos), {}, keys.node_infos)
     forget = []
@@ -58,7 +56,6 @@ async def trim(broker: MessageBroker, *, now: float | None = None) -> dict[str, 
         async with redis.pipeline(transaction=True) as pipe:
             pipe.hdel(keys.node_infos, *forget)
             pipe.srem(keys.nodes, *forget)
-            for reply in await pipe.execute(raise_on_error=False):
-                or_empty(reply, 0, "the node ids")
+            await execute_or_empty(pipe, 0)
     counts["nodes"] = len(forget)
     return counts

@@ -23,7 +23,7 @@ from ..broker.finished import THROUGHPUT_BUCKET_S, throughput
 from ..broker.placement import is_unserved, unserved_reason, waiting_for_spores
 from ..foreman import ForemanAgent
 from ..models import NodeInfo, TaskMessage, TaskStatus, utcnow
-from ..redisutil import or_empty, raise_if_cancelling, read_or_empty, text
+from ..redisutil import execute_or_empty, raise_if_cancelling, read_or_empty, text
 from ..schedules import schedule_rows
 from .metrics import MonitorMetrics
 
@@ -207,7 +207,7 @@ class Monitor:
                                           withscores=True)
                 else:
                     pipe.zrevrange(self.keys.status_index(each), 0, window - 1, withscores=True)
-            results = [or_empty(r, [], "a status index") for r in await pipe.execute(raise_on_error=False)]
+            results = await execute_or_empty(pipe, [])
         latest: dict[str, float] = {}
         for entries in results:
             for raw_id, score in entries:
@@ -246,7 +246,7 @@ class Monitor:
         async with redis.pipeline(transaction=False) as pipe:
             for job_id, _ in listed:
                 pipe.hgetall(self.keys.job_info(job_id))
-            infos = [or_empty(r, {}, "a job's info") for r in await pipe.execute(raise_on_error=False)]
+            infos = await execute_or_empty(pipe, {})
         self._jobs = {job_id: self._jobs.get(job_id) or _JobProgress() for job_id, _ in listed}
         rows = []
         for (job_id, score), raw_info in zip(listed, infos, strict=True):
@@ -372,7 +372,7 @@ class Monitor:
         async with self.broker.redis.pipeline(transaction=False) as pipe:
             for name in names:
                 self.broker.engine.queue_depth_ops(pipe, name)
-            return [int(or_empty(n, 0, "a queue") or 0) for n in await pipe.execute(raise_on_error=False)]
+            return [int(n or 0) for n in await execute_or_empty(pipe, 0)]
 
     async def zcards(self, keys: Iterable[str]) -> list[int]:
         """The sizes of the sorted sets ``keys``, in one round trip."""
@@ -382,7 +382,7 @@ class Monitor:
         async with self.broker.redis.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.zcard(name)
-            return [int(or_empty(n, 0, "an index")) for n in await pipe.execute(raise_on_error=False)]
+            return [int(n) for n in await execute_or_empty(pipe, 0)]
 
     # --- the live loop ----------------------------------------------------------------------------------
 
