@@ -116,10 +116,12 @@ def cli(
               help="Capability this node declares, VALUE as JSON (gpu=true, vram_gb=24); repeatable.")
 @click.option("--log-tasks", is_flag=True, default=None,
               help="Log one line per task received and finished (HIVE_LOG_TASKS; on with --log-level debug).")
+@click.option("--prefetch", type=click.IntRange(min=0),
+              help="Tasks begun beyond the slots while tasks run under 0.1 s (HIVE_PREFETCH).")
 @pass_state
 def spore(
     state: CliState, name: str | None, concurrency: int | None, apps: tuple[str, ...], tags: tuple[str, ...],
-    capability_args: tuple[str, ...] = (), log_tasks: bool | None = None,
+    capability_args: tuple[str, ...] = (), log_tasks: bool | None = None, prefetch: int | None = None,
 ) -> None:
     """Run a worker node until SIGTERM, Ctrl-C or a SHUTDOWN broadcast."""
     from .spore import Spore
@@ -138,6 +140,8 @@ def spore(
     extra: dict[str, Any] = {"apps": (*state.config().apps, *apps)} if apps else {}
     if log_tasks:
         extra["log_tasks"] = True
+    if prefetch is not None:
+        extra["prefetch"] = prefetch
     kernel = state.kernel(**extra)
     node = Spore(kernel, name=name, concurrency=concurrency, capabilities=capabilities or None)
     asyncio.run(node.run())

@@ -106,6 +106,9 @@ class AttemptRunner:
         self.link = link or RedisLink(self.log)
         #: Per-type rates and caps: workers consult them before they claim; :meth:`run` enforces the caps.
         self.limits = limits or TypeLimits({})
+        #: With ``HIVE_PREFETCH``, a worker begins more attempts than there are slots: at most ``concurrency`` of
+        #: them get past this gate (into their hooks and handler) at once; the others wait here, begun.
+        self.gate = asyncio.Semaphore(concurrency) if broker.config.prefetch else None
 
     async def begin(self, deliveries: Sequence[Delivery]) -> list[Attempt]:
         """Mark every delivered task running in one round trip (plus one to read the records, unless the engine
@@ -205,15 +208,16 @@ class AttemptRunner:
         retriable = True
         failure: BaseException | None = None
         try:
-            if hooks["before_task"]:  # outside the timeout: hooks do not eat into the task's time
-                await kernel.run_lifecycle("before_task", task=message, node_id=self.node_id)
-            slot = self.limits.slot(message.task_type)
-            if slot is not None and slot.locked():
-                # Taken past the cap (pinned to this spore, taken over from a lost one): wait for a turn first.
-                self.log.info("task %s waits for one of the %s running here to finish", message.task_id,
-                              message.task_type)
-            async with slot or contextlib.nullcontext(), asyncio.timeout(message.timeout) as deadline:
-                result = await self._execute(message)
+            async with self.gate or contextlib.nullcontext():
+                if hooks["before_task"]:  # outside the timeout: hooks do not eat into the task's time
+                    await kernel.run_lifecycle("before_task", task=message, node_id=self.node_id)
+                slot = self.limits.slot(message.task_type)
+                if slot is not None and slot.locked():
+                    # Taken past the cap (pinned to this spore, taken over from a lost one): wait for a turn first.
+                    self.log.info("task %s waits for one of the %s running here to finish", message.task_id,
+                                  message.task_type)
+                async with slot or contextlib.nullcontext(), asyncio.timeout(message.timeout) as deadline:
+                    result = await self._execute(message)
             wire.json_size(result)
         except asyncio.CancelledError:
             message.status = TaskStatus.PENDING

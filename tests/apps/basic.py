@@ -71,6 +71,19 @@ async def gated(payload: dict[str, Any], context: TaskContext) -> str:
     return str(payload["label"])
 
 
+@task("overlap", timeout=30)
+async def overlap(payload: dict[str, Any], context: TaskContext) -> int:
+    """Count the ``overlap`` handlers running at once (a counter in Redis), hold ``payload['seconds']``; return the
+    count this one saw when it started."""
+    key = f"{context.config.key_prefix}:test:overlap"
+    seen = await context.redis.incr(key)
+    try:
+        await asyncio.sleep(float(payload.get("seconds", 0.01)))
+    finally:
+        await context.redis.decr(key)
+    return int(seen)
+
+
 @task("nap", max_retries=2)
 async def nap(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:
     """Sleep ``payload['seconds']`` (on the first start only, with ``payload['first_only']``); say who ran it.

@@ -70,6 +70,9 @@ class StreamWorker(Worker):
         self._wake = asyncio.Event()
         self._retry_scheduled = asyncio.Event()
         self.lease_ms = int(self.config.lease_seconds * 1000)
+        #: Attempts begun beyond the slots while tasks are quick (``HIVE_PREFETCH``); the runner's gate keeps the
+        #: handlers running at once to ``capacity``.
+        self.prefetch = self.config.prefetch
 
     # --- the Worker interface ------------------------------------------------------------------------
 
@@ -139,7 +142,7 @@ class StreamWorker(Worker):
                 elif entries:
                     room = self._free() - len(entries) - len(self._ahead)
                     if self._quick():
-                        room += self.capacity
+                        room += self.capacity + self.prefetch
                     ahead = await self._start(entries, claim=room)
                     found_none = ahead == [] and not self._ahead
                     self._ahead += ahead or []
@@ -147,7 +150,7 @@ class StreamWorker(Worker):
                     # again) before the next claim counts the free slots, rather than a claim of one slot
                     # keeping the others waiting a round trip.
                     for _ in range(SETTLE_STEPS):
-                        if self._free() * 4 >= self.capacity:
+                        if (self._free() - self._prefetching()) * 4 >= self.capacity:
                             break
                         await asyncio.sleep(0)
         finally:
@@ -168,14 +171,22 @@ class StreamWorker(Worker):
                 await self._wake.wait()
 
     def _quick(self) -> bool:
-        """Whether this spore's tasks run shorter than :data:`AHEAD_BELOW_S` lately: then the claim beside a
-        begin also takes the slots that batch will free (at most ``capacity`` entries held ahead), so a spore far
-        from Redis begins its next batch without waiting a round trip for it."""
+        """Whether this spore's tasks run shorter than :data:`AHEAD_BELOW_S` lately (from their begin, so counting
+        a wait for a slot): then the claim beside a begin also takes the slots that batch will free (at most
+        ``capacity + prefetch`` entries held ahead), so a spore far from Redis begins its next batch without
+        waiting a round trip for it, and the prefetch applies."""
         return self._run_s is not None and self._run_s < AHEAD_BELOW_S
 
     def _free(self) -> int:
-        """Slots free now: tasks whose outcome is only being saved hold none (at most a slot's worth of them)."""
-        return self.capacity - len(self.tasks) + min(len(self._saving), self.capacity)
+        """Attempts this spore may begin now: one per slot, plus the prefetch while its tasks are quick. Tasks
+        whose outcome is only being saved take no place (at most as many as there are places), so a Redis that
+        stops answering stops the claims too."""
+        room = self.capacity + self._prefetching()
+        return room - len(self.tasks) + min(len(self._saving), room)
+
+    def _prefetching(self) -> int:
+        """How many attempts this spore begins beyond its slots now: the prefetch, while its tasks are quick."""
+        return self.prefetch if self.prefetch and self._quick() else 0
 
     async def refresh_leases(self) -> None:
         """Reset the idle time of every entry this spore holds, so no other spore takes it over."""
