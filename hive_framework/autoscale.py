@@ -23,6 +23,7 @@ seconds after its last task.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -153,6 +154,8 @@ class Autoscaler:
         self.stopping: dict[str, float] = {}
         self.decisions = {"up": 0, "down": 0}
         self.last: dict[str, Any] = {"action": "none", "reason": "", "at": 0.0}
+        #: Set by Ctrl-C or SIGTERM while :meth:`run` runs: the loop ends and no tick starts or stops a spore.
+        self.stop = asyncio.Event()
 
     async def tick(self, broker: Any) -> int:
         """One pass; returns the number of spores wanted."""
@@ -174,6 +177,8 @@ class Autoscaler:
         want = default_policy(state) if answer is None else int(answer)
         want = max(self.policy.min_spores, min(self.policy.max_spores, want))
         reason = f"{backlog.total} waiting, oldest {backlog.oldest_age:.1f}s, {len(running)} spore(s)"
+        if self.stop.is_set():
+            return want  # stopping: the spores that left on Ctrl-C are not replaced
         if want > len(running):
             started = [self.cluster.add_spore() for _ in range(want - len(running))]
             self._decided("up", f"{reason}: started {', '.join(started)}", len(started))
@@ -204,24 +209,54 @@ class Autoscaler:
             await pipe.execute()
 
     async def run(self) -> None:
-        """Tick every ``policy.interval`` seconds until cancelled (Ctrl-C); a failed tick is logged."""
-        async with MessageBroker(self.kernel) as broker:
-            try:
-                while True:
-                    try:
-                        await self.tick(broker)
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception:
-                        logger.exception("autoscale tick failed")
-                    # a Ctrl-C that redis-py swallowed mid-tick must still stop the loop, not start new spores
-                    raise_if_cancelling()
-                    await asyncio.sleep(self.policy.interval)
-            finally:
-                redis: Any = broker.redis
-                await redis.hdel(state_key(broker), self.identity)
+        """Tick every ``policy.interval`` seconds until Ctrl-C or SIGTERM (or a cancel); a failed tick is logged.
+
+        The signals set :attr:`stop`, which the loop reads each turn, rather than cancel it: redis-py can swallow
+        a cancel that lands in one of its reads (the broker's connect included), and a ``hive up`` that lost its
+        Ctrl-C that way scaled on, replacing the spores the same Ctrl-C had stopped, until it was killed. A
+        second signal cancels a tick in progress."""
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+
+        def on_signal() -> None:
+            if self.stop.is_set() and main is not None:
+                main.cancel()
+            self.stop.set()
+
+        handled: dict[signal.Signals, Any] = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.getsignal(sig)
+            with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread
+                loop.add_signal_handler(sig, on_signal)
+                handled[sig] = previous
+        try:
+            async with MessageBroker(self.kernel) as broker:
+                try:
+                    while not self.stop.is_set():
+                        try:
+                            await self.tick(broker)
+                        except asyncio.CancelledError:
+                            raise
+                        except Exception:
+                            logger.exception("autoscale tick failed")
+                        raise_if_cancelling()  # cancelled by its caller, and the cancel swallowed mid-tick
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(self.policy.interval):
+                                await self.stop.wait()
+                finally:
+                    redis: Any = broker.redis
+                    await redis.hdel(state_key(broker), self.identity)
+        finally:
+            for sig, previous in handled.items():
+                loop.remove_signal_handler(sig)
+                if previous is not None:  # as it was before (``hive up`` maps SIGTERM to Ctrl-C's path)
+                    signal.signal(sig, previous)
 
 
 def run_autoscaled(cluster: AutoscaledCluster, policy: ScalePolicy) -> None:
-    """Run the autoscaler over ``cluster`` until Ctrl-C or SIGTERM (for ``hive up --autoscale``)."""
-    asyncio.run(Autoscaler(cluster, policy).run())
+    """Run the autoscaler over ``cluster`` until Ctrl-C or SIGTERM (for ``hive up --autoscale``); either ends in
+    ``KeyboardInterrupt``, the way out of ``hive up`` that stops the spores."""
+    scaler = Autoscaler(cluster, policy)
+    asyncio.run(scaler.run())
+    if scaler.stop.is_set():
+        raise KeyboardInterrupt

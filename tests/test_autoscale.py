@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import time
 from typing import Any
 
@@ -215,3 +216,56 @@ async def test_a_cancel_swallowed_inside_a_tick_still_stops_the_loop(hive_config
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(runner, timeout=30)
     assert ticks == 1
+
+
+@pytest.mark.redis
+async def test_ctrl_c_stops_the_loop_even_when_a_tick_loses_the_cancel_entirely(hive_config: HiveConfig) -> None:
+    # Given an autoscaler whose tick loses a cancel that lands in it without a trace (as a cancel redis-py turned
+    # into a read's timeout leaves the task: not cancelling any more)
+    cluster = AutoscaledCluster(hive_config, spores=1, concurrency=1, embedded="never", quiet=True)
+    cluster.url = hive_config.redis_url
+    scaler = Autoscaler(cluster, ScalePolicy(min_spores=1, max_spores=2, interval=0.01))
+    ticks = 0
+    in_tick = asyncio.Event()
+
+    async def losing_tick(broker: Any) -> int:
+        nonlocal ticks
+        ticks += 1
+        in_tick.set()
+        try:
+            await asyncio.sleep(0.2)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            assert task is not None
+            task.uncancel()
+        return 1
+
+    scaler.tick = losing_tick  # type: ignore[method-assign]
+    runner = asyncio.create_task(scaler.run())
+    await asyncio.wait_for(in_tick.wait(), timeout=30)
+
+    # When Ctrl-C reaches the process while that tick runs
+    os.kill(os.getpid(), signal.SIGINT)
+
+    # Then the loop ends after that tick, and the signal handling is as it was before
+    await asyncio.wait_for(runner, timeout=30)
+    assert (ticks, scaler.stop.is_set()) == (1, True)
+    assert signal.getsignal(signal.SIGINT) is not None
+
+
+@pytest.mark.redis
+async def test_a_tick_after_ctrl_c_starts_no_spore(hive_config: HiveConfig) -> None:
+    # Given an autoscaler with no spore running under a minimum of one, told to stop
+    cluster = AutoscaledCluster(hive_config, spores=0, concurrency=1, embedded="never", quiet=True)
+    cluster.url = hive_config.redis_url
+    cluster.spore_procs = {}
+    scaler = Autoscaler(cluster, ScalePolicy(min_spores=1, max_spores=2, interval=0.01))
+    scaler.stop.set()
+
+    # When a tick runs (one that was in progress when Ctrl-C stopped the spores)
+    async with MessageBroker(scaler.kernel) as broker:
+        want = await scaler.tick(broker)
+
+    # Then it still knows what it would want, but starts nothing
+    assert want == 1
+    assert cluster.spore_procs == {} and scaler.decisions == {"up": 0, "down": 0}
