@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -188,78 +189,79 @@ async def _completed_is(broker: Any, count: int) -> bool:
     return (await broker.get_queue_stats())["tasks_completed"] == count
 
 
+def idle_scaler(hive_config: HiveConfig, spores: int = 1) -> Autoscaler:
+    """An autoscaler (1..2 spores, ticking every 10 ms) over a cluster that never starts a process itself."""
+    cluster = AutoscaledCluster(hive_config, spores=spores, concurrency=1, embedded="never", quiet=True)
+    cluster.url = hive_config.redis_url
+    return Autoscaler(cluster, ScalePolicy(min_spores=1, max_spores=2, interval=0.01))
+
+
+async def run_inside_a_tick(
+    scaler: Autoscaler, body: Callable[[], Awaitable[None]]
+) -> tuple[asyncio.Task[None], list[int]]:
+    """Start ``scaler.run()`` with each tick replaced by ``body`` (counted); return once the first tick is in it."""
+    ticks: list[int] = []
+    in_tick = asyncio.Event()
+
+    async def tick(broker: Any) -> int:
+        ticks.append(1)
+        in_tick.set()
+        await body()
+        return 1
+
+    scaler.tick = tick  # type: ignore[method-assign]
+    runner = asyncio.create_task(scaler.run())
+    await asyncio.wait_for(in_tick.wait(), timeout=30)
+    return runner, ticks
+
+
 @pytest.mark.redis
 async def test_a_cancel_swallowed_inside_a_tick_still_stops_the_loop(hive_config: HiveConfig) -> None:
     # Given an autoscaler whose tick, like a redis-py read, turns a cancel that lands in it into a normal return
-    cluster = AutoscaledCluster(hive_config, spores=1, concurrency=1, embedded="never", quiet=True)
-    cluster.url = hive_config.redis_url
-    scaler = Autoscaler(cluster, ScalePolicy(min_spores=1, max_spores=2, interval=0.01))
-    ticks = 0
-    in_tick = asyncio.Event()
-
-    async def swallowing_tick(broker: Any) -> int:
-        nonlocal ticks
-        ticks += 1
-        in_tick.set()
+    async def swallowing() -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(3600)
-        return 1
 
-    scaler.tick = swallowing_tick  # type: ignore[method-assign]
-    runner = asyncio.create_task(scaler.run())
-    await asyncio.wait_for(in_tick.wait(), timeout=30)
+    runner, ticks = await run_inside_a_tick(idle_scaler(hive_config), swallowing)
 
-    # When it is cancelled (Ctrl-C under `hive up --autoscale`) while that tick runs
+    # When it is cancelled while that tick runs
     runner.cancel()
 
     # Then the loop ends with the cancel, and no further tick starts spores
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(runner, timeout=30)
-    assert ticks == 1
+    assert len(ticks) == 1
 
 
 @pytest.mark.redis
 async def test_ctrl_c_stops_the_loop_even_when_a_tick_loses_the_cancel_entirely(hive_config: HiveConfig) -> None:
     # Given an autoscaler whose tick loses a cancel that lands in it without a trace (as a cancel redis-py turned
     # into a read's timeout leaves the task: not cancelling any more)
-    cluster = AutoscaledCluster(hive_config, spores=1, concurrency=1, embedded="never", quiet=True)
-    cluster.url = hive_config.redis_url
-    scaler = Autoscaler(cluster, ScalePolicy(min_spores=1, max_spores=2, interval=0.01))
-    ticks = 0
-    in_tick = asyncio.Event()
-
-    async def losing_tick(broker: Any) -> int:
-        nonlocal ticks
-        ticks += 1
-        in_tick.set()
+    async def losing() -> None:
         try:
             await asyncio.sleep(0.2)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             assert task is not None
             task.uncancel()
-        return 1
 
-    scaler.tick = losing_tick  # type: ignore[method-assign]
-    runner = asyncio.create_task(scaler.run())
-    await asyncio.wait_for(in_tick.wait(), timeout=30)
+    scaler = idle_scaler(hive_config)
+    runner, ticks = await run_inside_a_tick(scaler, losing)
 
-    # When Ctrl-C reaches the process while that tick runs
+    # When Ctrl-C (`hive up --autoscale`) reaches the process while that tick runs
     os.kill(os.getpid(), signal.SIGINT)
 
     # Then the loop ends after that tick, and the signal handling is as it was before
     await asyncio.wait_for(runner, timeout=30)
-    assert (ticks, scaler.stop.is_set()) == (1, True)
+    assert (len(ticks), scaler.stop.is_set()) == (1, True)
     assert signal.getsignal(signal.SIGINT) is not None
 
 
 @pytest.mark.redis
 async def test_a_tick_after_ctrl_c_starts_no_spore(hive_config: HiveConfig) -> None:
     # Given an autoscaler with no spore running under a minimum of one, told to stop
-    cluster = AutoscaledCluster(hive_config, spores=0, concurrency=1, embedded="never", quiet=True)
-    cluster.url = hive_config.redis_url
-    cluster.spore_procs = {}
-    scaler = Autoscaler(cluster, ScalePolicy(min_spores=1, max_spores=2, interval=0.01))
+    scaler = idle_scaler(hive_config, spores=0)
+    scaler.cluster.spore_procs = {}
     scaler.stop.set()
 
     # When a tick runs (one that was in progress when Ctrl-C stopped the spores)
@@ -268,4 +270,4 @@ async def test_a_tick_after_ctrl_c_starts_no_spore(hive_config: HiveConfig) -> N
 
     # Then it still knows what it would want, but starts nothing
     assert want == 1
-    assert cluster.spore_procs == {} and scaler.decisions == {"up": 0, "down": 0}
+    assert scaler.cluster.spore_procs == {} and scaler.decisions == {"up": 0, "down": 0}
