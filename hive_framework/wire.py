@@ -27,10 +27,18 @@ def _datetime_from(value: Any, _: Any) -> datetime:
     raise ValueError(f"a time must be ISO 8601 text or microseconds since the epoch, not {value!r}")
 
 
-def _microseconds(moment: datetime) -> int:
-    """Whole microseconds since the epoch, exactly (a naive time is taken as UTC): 16 digits against ISO's 34."""
+def _microseconds(moment: datetime) -> int | str:
+    """Whole microseconds since the epoch, exactly (a naive time is taken as UTC): 16 digits against ISO's 34.
+
+    A time whose instant has no UTC datetime (the edges of years 1 and 9999 in a zone off UTC) stays ISO text,
+    which the reader takes too: as microseconds it could not be read back."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
+    if moment.year in (1, 9999):
+        try:
+            moment.astimezone(UTC)
+        except OverflowError:
+            return moment.isoformat()
     return (moment - _EPOCH) // _MICROSECOND
 
 

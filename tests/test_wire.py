@@ -91,6 +91,18 @@ def test_every_model_round_trips_without_its_default_fields(obj: Any) -> None:
     assert len(data) <= len(wire.dumps(obj))
 
 
+@pytest.mark.parametrize("moment", [datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+                                    datetime(9999, 12, 31, 23, 0, tzinfo=timezone(-timedelta(hours=8)))])
+def test_a_time_whose_instant_has_no_utc_datetime_is_stored_compact_as_text(moment: datetime) -> None:
+    # Given a scheduled task whose time, in its own zone, is at the very edge of what a datetime holds
+    message = TaskMessage(task_id="t1", task_type="echo", status=TaskStatus.SCHEDULED, eta=moment)
+    # When stored compact (as microseconds since the epoch it would not read back: the UTC instant overflows)
+    data = wire.dumps(message, omit_defaults=True)
+    # Then that time stays ISO text, and the record reads back equal
+    assert json.loads(data)["eta"] == moment.isoformat()
+    assert wire.loads(data, TaskMessage) == message
+
+
 @given(moment=datetimes)
 def test_a_compact_time_is_whole_microseconds_and_reads_back_the_same_instant(moment: datetime) -> None:
     # Given a task finished at any instant, in any time zone, stored compact
