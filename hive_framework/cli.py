@@ -25,7 +25,16 @@ from .broker.specs import due_time
 from .clikit import CliError, CliState, echo_json, json_arg, pass_state, run_interruptible, share_app_option
 from .clikit import run_coro as run_coro  # the name plugins imported from here
 from .config import HiveConfig
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, ConfigError, HiveError, InvalidTask, PluginError, UnknownTaskType
+from .errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    ConfigError,
+    HiveError,
+    InvalidTask,
+    PluginError,
+    UnknownTaskType,
+    no_such_task,
+)
 from .kernel import Kernel
 from .redisutil import read_or_empty
 
@@ -269,8 +278,7 @@ def task_cmd(state: CliState, task_id: str) -> None:
         async with MessageBroker(state.kernel()) as broker:
             message = await broker.get_task_with_progress(task_id)
         if message is None:
-            raise click.ClickException(
-                f"no task with id {task_id!r} (unknown, expired after HIVE_RESULT_TTL, or forgotten)")
+            raise click.ClickException(no_such_task(task_id))
         echo_json(wire.to_plain(message))
 
     asyncio.run(go())

@@ -52,6 +52,11 @@ class UnknownTaskType(HiveError):
         super().__init__(f"unknown task type {task_type!r}; known task types: {listed}{extra}")
 
 
+def no_such_task(task_id: str) -> str:
+    """What every reader (``hive task``, ``Hive.progress``, the Monitor's API) says of a task id with no record."""
+    return f"no task with id {task_id!r} (unknown, expired after HIVE_RESULT_TTL, or forgotten)"
+
+
 class InvalidTask(HiveError):
     """A task was refused before anything was enqueued (bad payload, priority, size)."""
 

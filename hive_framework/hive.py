@@ -9,7 +9,7 @@ from typing import Any, overload
 from .broker import MessageBroker, TaskSpec
 from .broker.base import FORGET_CHUNK
 from .config import HiveConfig
-from .errors import InvalidTask, TaskFailed, WaitTimeout
+from .errors import InvalidTask, TaskFailed, WaitTimeout, no_such_task
 from .jobs import ItemOutcome, ItemProgress, MapJob
 from .kernel import Kernel
 from .models import NodeInfo, TaskMessage, TaskProgress, TaskStatus
@@ -83,7 +83,7 @@ class Hive:
         """
         message = await self.broker.get_task_with_progress(task_id)
         if message is None:
-            raise InvalidTask(f"no task with id {task_id!r} (unknown, expired after HIVE_RESULT_TTL, or forgotten)")
+            raise InvalidTask(no_such_task(task_id))
         return message.progress
 
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskMessage:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -156,20 +156,26 @@ class RecoveryMixin:
             await pipe.execute()
         return True
 
+    async def _waiting_in_chunks(self, key: str) -> AsyncIterator[list[tuple[str, float, TaskMessage | None]]]:
+        """The tasks of the waiting index ``key`` with the time each began to wait and its record (``None``: gone),
+        :data:`UNSERVED_CHUNK` at a time, each chunk's records read in one round trip."""
+        entries = [(text(raw_id), since)
+                   for raw_id, since in await read_or_empty(self.redis.zrange(key, 0, -1, withscores=True), [], key)]
+        for start in range(0, len(entries), UNSERVED_CHUNK):
+            chunk = entries[start : start + UNSERVED_CHUNK]
+            messages = await self.get_tasks([task_id for task_id, _ in chunk])
+            yield [(task_id, since, message) for (task_id, since), message in zip(chunk, messages, strict=True)]
+
     async def _expire_unserved(self, nodes: list[NodeInfo], now: float) -> int:
         """Fail the tasks that waited for a spore of their type past their wait timeout; forget the ones that
         no longer wait. A task whose type an online spore serves now is left for it. Returns how many failed."""
         served = {t for n in nodes for t in n.task_types}
         key = unserved_key(self.keys)
         failed = 0
-        entries = [(text(raw_id), since)
-                   for raw_id, since in await read_or_empty(self.redis.zrange(key, 0, -1, withscores=True), [], key)]
-        for start in range(0, len(entries), UNSERVED_CHUNK):
-            chunk = entries[start : start + UNSERVED_CHUNK]
-            # one read for the chunk; the ones taken meanwhile (or gone) are forgotten in one write
-            messages = await self.get_tasks([task_id for task_id, _ in chunk])
+        async for chunk in self._waiting_in_chunks(key):
+            # the ones taken meanwhile (or gone) are forgotten in one write
             gone = []
-            for (task_id, since), message in zip(chunk, messages, strict=True):
+            for task_id, since, message in chunk:
                 if message is None or not is_unserved(message):
                     gone.append(task_id)
                     continue
@@ -222,17 +228,13 @@ class RecoveryMixin:
         now = time.time() if now is None else now
         counts = {"placed": 0, "expired": 0, "rerouted": 0}
         nodes = await self.get_nodes()
-        parked = [(text(raw_id), since) for raw_id, since in await read_or_empty(
-            self.redis.zrange(self.keys.unrouted, 0, -1, withscores=True), [], self.keys.unrouted)]
-        for start in range(0, len(parked), UNSERVED_CHUNK):
-            chunk = parked[start : start + UNSERVED_CHUNK]
-            # one read for the chunk; the ones that stopped waiting (or are gone) are forgotten in one write
-            messages = await self.get_tasks([task_id for task_id, _ in chunk])
-            waiting = [(task_id, since, task) for (task_id, since), task in zip(chunk, messages, strict=True)
+        async for chunk in self._waiting_in_chunks(self.keys.unrouted):
+            # the ones that stopped waiting (or are gone) are forgotten in one write
+            waiting = [(task_id, since, task) for task_id, since, task in chunk
                        if task is not None and task.status == TaskStatus.WAITING]
             if len(waiting) < len(chunk):
                 still = {task_id for task_id, _, _ in waiting}
-                await self.redis.zrem(self.keys.unrouted, *(t for t, _ in chunk if t not in still))
+                await self.redis.zrem(self.keys.unrouted, *(t for t, _, _ in chunk if t not in still))
             for task_id, since, task in waiting:
                 try:
                     target = self.kernel.route(task, nodes)
@@ -268,11 +270,11 @@ class RecoveryMixin:
             queue = self.engine.queue_for(0, node_id)
             queued = await self.engine.queued_jobs(queue)
             for start in range(0, len(queued), UNSERVED_CHUNK):
-                chunk = queued[start : start + UNSERVED_CHUNK]
+                jobs = queued[start : start + UNSERVED_CHUNK]
                 # One read for the chunk. The job id is the task id, or the task id plus ".<suffix>" (task ids may
                 # contain dots): both are read, and the record whose engine job it is wins.
-                records = await self.get_tasks([i for job, _ in chunk for i in (job, job.rpartition(".")[0] or job)])
-                for index, (job, handle) in enumerate(chunk):
+                records = await self.get_tasks([i for job, _ in jobs for i in (job, job.rpartition(".")[0] or job)])
+                for index, (job, handle) in enumerate(jobs):
                     message = next((m for m in records[2 * index : 2 * index + 2]
                                     if m is not None and m.engine_job_id == job), None)
                     if message is None or message.status not in (TaskStatus.PENDING, TaskStatus.RETRYING,

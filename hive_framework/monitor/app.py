@@ -28,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import wire
-from ..errors import HiveError
+from ..errors import HiveError, no_such_task
 from ..models import TaskStatus
 from .collector import Monitor
 
@@ -178,7 +178,7 @@ def create_app(monitor: Monitor, *, allowed_hosts: set[str] | None = None) -> AS
         task_id = request.path_params["task_id"]
         found = await monitor.task(task_id)
         if found is None:
-            return _error(404, f"no task with id {task_id!r} (unknown, expired after HIVE_RESULT_TTL, or forgotten)")
+            return _error(404, no_such_task(task_id))
         return JSONResponse(found)
 
     async def jobs(request: Request) -> Response:
